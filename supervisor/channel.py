@@ -1,0 +1,171 @@
+"""Non-blocking, framed pipe ends for the parent side.
+
+The runner speaks plain ``multiprocessing.Connection`` (4-byte big-endian length, then
+a pickle). The parent never calls a blocking ``recv``/``send`` on them: it reads the
+fd when the loop says it is readable and frames the bytes itself, so a runner frozen
+half-way through a message can never stall the event loop, and a burst of events
+costs one wake-up and one ``read`` per 256 KiB rather than one thread hop per event.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+from collections import deque
+from typing import Any
+
+import anyio
+
+_HEADER = struct.Struct("!i")
+_LARGE = struct.Struct("!Q")
+_READ_SIZE = 256 * 1024
+
+
+def encode_frame(obj: object) -> bytes:
+    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    n = len(payload)
+    if n > 0x7FFFFFFF:
+        return _HEADER.pack(-1) + _LARGE.pack(n) + payload
+    return _HEADER.pack(n) + payload
+
+
+class FrameDecoder:
+    """Incremental decoder of ``Connection.send`` frames."""
+
+    __slots__ = ("_buf", "_pos")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes) -> list[Any]:
+        buf = self._buf
+        buf += data
+        pos = self._pos
+        end = len(buf)
+        out: list[Any] = []
+        loads = pickle.loads
+        while end - pos >= 4:
+            (n,) = _HEADER.unpack_from(buf, pos)
+            start = pos + 4
+            if n == -1:
+                if end - start < 8:
+                    break
+                (n,) = _LARGE.unpack_from(buf, start)
+                start += 8
+            if end - start < n:
+                break
+            out.append(loads(memoryview(buf)[start : start + n]))
+            pos = start + n
+        if pos == end:
+            buf.clear()
+            pos = 0
+        elif pos > 1 << 20:
+            del buf[:pos]
+            pos = 0
+        self._pos = pos
+        return out
+
+
+class ChannelReader:
+    """The parent's read end of the runner's event pipe."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self._fd = fd
+        self._decoder = FrameDecoder()
+        self.eof = False
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def read_available(self) -> list[Any]:
+        """Decode whatever is in the pipe now, without blocking. Sets ``eof``."""
+        out: list[Any] = []
+        while not self.eof and not self.closed:
+            try:
+                data = os.read(self._fd, _READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError:
+                self.eof = True
+                break
+            if not data:
+                self.eof = True
+                break
+            out.extend(self._decoder.feed(data))
+            if len(data) < _READ_SIZE:
+                break
+        return out
+
+    async def receive(self) -> list[Any]:
+        """Wait for at least one message; an empty list means EOF."""
+        while True:
+            messages = self.read_available()
+            if messages or self.eof or self.closed:
+                return messages
+            await anyio.wait_readable(self._fd)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            anyio.notify_closing(self._fd)
+            os.close(self._fd)
+
+
+class ChannelWriter:
+    """The parent's write end of the task pipe, with an outbox flushed by a task.
+
+    ``put`` never blocks: a runner that stops reading cannot stall the caller; the
+    flush task waits for the pipe to drain instead.
+    """
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self._fd = fd
+        self._outbox: deque[memoryview] = deque()
+        self._wakeup = anyio.Event()
+        self.broken = False
+        self.closed = False
+
+    def put(self, obj: object) -> None:
+        if self.broken or self.closed:
+            return
+        self._outbox.append(memoryview(encode_frame(obj)))
+        self._wakeup.set()
+
+    async def flush_forever(self) -> None:
+        """Write the outbox as the pipe accepts it. Returns if the pipe breaks."""
+        while not self.broken and not self.closed:
+            if not self._outbox:
+                await self._wakeup.wait()
+                self._wakeup = anyio.Event()
+                continue
+            chunk = self._outbox[0]
+            try:
+                written = os.write(self._fd, chunk)
+            except BlockingIOError:
+                await anyio.wait_writable(self._fd)
+                continue
+            except OSError:  # EPIPE: the runner is gone; the exit watch reports it
+                self.broken = True
+                self._outbox.clear()
+                return
+            if written == len(chunk):
+                self._outbox.popleft()
+            else:
+                self._outbox[0] = chunk[written:]
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._outbox.clear()
+            self._wakeup.set()
+            anyio.notify_closing(self._fd)
+            os.close(self._fd)

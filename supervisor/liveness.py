@@ -1,0 +1,206 @@
+"""Deciding whether a runner is alive, frozen, busy or wedged.
+
+Pure decision logic over samples, so it can be reasoned about (and tested) apart
+from the event loop. The supervisor feeds it readings of the shared counters and
+psutil samples of the runner.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import psutil
+
+#: CPU seconds a stale runner must burn between two checks to count as busy.
+BUSY_CPU_EPSILON = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSample:
+    """What psutil says about the runner right now."""
+
+    status: str
+    cpu_time: float
+    rss: int
+    num_threads: int
+    when: float
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceSample:
+    """The latest resource reading of a runner, for metrics."""
+
+    rss: int
+    cpu_percent: float
+    num_threads: int
+    when: float
+
+
+def sample_process(proc: psutil.Process) -> ProcessSample | None:
+    """One cheap reading (a few /proc reads); ``None`` if the process is gone."""
+    try:
+        with proc.oneshot():
+            cpu = proc.cpu_times()
+            mem = proc.memory_info()
+            return ProcessSample(
+                status=proc.status(),
+                cpu_time=cpu.user + cpu.system,
+                rss=mem.rss,
+                num_threads=proc.num_threads(),
+                when=time.monotonic(),
+            )
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied:
+        return None
+
+
+def is_stopped(sample: ProcessSample) -> bool:
+    return sample.status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+
+
+def is_dead(sample: ProcessSample | None) -> bool:
+    return sample is None or sample.status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+
+
+Verdict = Literal["ok", "waiting", "busy", "frozen", "dead"]
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatVerdict:
+    verdict: Verdict
+    message: str = ""
+
+
+class HeartbeatMonitor:
+    """Debounced heartbeat check with a psutil second opinion.
+
+    A stale heartbeat alone never kills: after ``stale_checks`` unchanged checks the
+    process is classified. Stopped (``T``) is frozen; a zombie or a vanished process
+    is dead; CPU time still advancing is busy (native code holding the GIL, a heavy
+    import) and is given up to ``busy_grace``; no CPU progress is frozen.
+    """
+
+    def __init__(
+        self,
+        *,
+        stale_checks: int,
+        check_interval: float,
+        busy_grace: float,
+        start_timeout: float,
+        started_at: float,
+    ) -> None:
+        self.stale_checks = stale_checks
+        self.check_interval = check_interval
+        self.busy_grace = busy_grace
+        self.start_timeout = start_timeout
+        self.started_at = started_at
+        self.last_value: float | None = None
+        self.last_change = started_at
+        self.stale = 0
+        self.busy_since: float | None = None
+        self._last_cpu: float | None = None
+
+    def check(self, value: float, now: float, sample: ProcessSample | None) -> HeartbeatVerdict:
+        if is_dead(sample):
+            return HeartbeatVerdict("dead", "runner process is gone")
+        assert sample is not None
+        cpu = sample.cpu_time
+        cpu_advanced = self._last_cpu is not None and cpu - self._last_cpu >= BUSY_CPU_EPSILON
+        self._last_cpu = cpu
+
+        if value != self.last_value and value > 0:
+            self.last_value = value
+            self.last_change = now
+            self.stale = 0
+            self.busy_since = None
+            return HeartbeatVerdict("ok")
+
+        if is_stopped(sample):
+            # A stopped process cannot beat, and cannot resume by itself: no debounce
+            # beyond the first stale check is needed, but one missed check never kills.
+            self.stale += 1
+            if self.stale >= min(2, self.stale_checks):
+                return HeartbeatVerdict(
+                    "frozen",
+                    f"runner is stopped (state {sample.status!r}); "
+                    f"heartbeat stale for {now - self.last_change:.1f}s",
+                )
+            return HeartbeatVerdict("waiting")
+
+        if self.last_value is None:
+            # Not started beating yet: interpreter start-up and unpickling.
+            if now - self.started_at > self.start_timeout:
+                return HeartbeatVerdict(
+                    "frozen", f"runner did not start its heartbeat within {self.start_timeout:.0f}s"
+                )
+            return HeartbeatVerdict("waiting")
+
+        self.stale += 1
+        if self.stale < self.stale_checks:
+            return HeartbeatVerdict("waiting")
+        age = now - self.last_change
+        if cpu_advanced:
+            if self.busy_since is None:
+                self.busy_since = now
+            busy_for = now - self.busy_since
+            if busy_for <= self.busy_grace:
+                return HeartbeatVerdict(
+                    "busy", f"heartbeat stale {age:.1f}s but CPU time advancing (busy)"
+                )
+            return HeartbeatVerdict(
+                "frozen",
+                f"heartbeat stale for {age:.1f}s; busy without a heartbeat for "
+                f"{busy_for:.1f}s, beyond busy_grace={self.busy_grace:g}s",
+            )
+        return HeartbeatVerdict(
+            "frozen",
+            f"heartbeat stale for {age:.1f}s and no CPU progress "
+            f"(state {sample.status!r}): the runner is frozen",
+        )
+
+
+class ProgressMonitor:
+    """Per-phase deadline on the main loop's progress counter."""
+
+    def __init__(self, now: float) -> None:
+        self.last_value = -1.0
+        self.last_change = now
+
+    def reset(self, now: float) -> None:
+        self.last_change = now
+
+    def check(
+        self, value: float, now: float, deadline: float | None, extend_until: float
+    ) -> float | None:
+        """Seconds without progress if past ``deadline``, else ``None``."""
+        if value != self.last_value:
+            self.last_value = value
+            self.last_change = now
+            return None
+        if deadline is None:
+            return None
+        idle = now - self.last_change
+        if idle > deadline and now > extend_until:
+            return idle
+        return None
+
+
+class CpuMeter:
+    """CPU percent of the runner from successive cpu_time samples."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, float] | None = None
+
+    def resource(self, sample: ProcessSample) -> ResourceSample:
+        pct = 0.0
+        if self._last is not None:
+            dt = sample.when - self._last[1]
+            if dt > 0:
+                pct = 100.0 * (sample.cpu_time - self._last[0]) / dt
+        self._last = (sample.cpu_time, sample.when)
+        return ResourceSample(
+            rss=sample.rss, cpu_percent=pct, num_threads=sample.num_threads, when=sample.when
+        )

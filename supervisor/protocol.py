@@ -1,0 +1,263 @@
+"""The wire protocol shared by the supervisor (parent) and the runner (child).
+
+Everything here is a frozen, slotted dataclass so it pickles small and cannot be
+mutated after it crossed the pipe. Names are the public contract (DESIGN.md s.2).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+# --------------------------------------------------------------------------- tasks
+
+
+@dataclass(frozen=True, slots=True)
+class BaseTask:
+    """A unit of work sent to the runner. Engines may subclass it for new kinds."""
+
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoadModel(BaseTask):
+    """Idle -> Loading -> Loaded."""
+
+
+@dataclass(frozen=True, slots=True)
+class Warmup(BaseTask):
+    """Loaded -> WarmingUp -> Ready."""
+
+
+@dataclass(frozen=True, slots=True)
+class Generate(BaseTask):
+    """Ready -> Running -> Ready, streaming one ChunkGenerated per token."""
+
+    prompt: str = ""
+    max_tokens: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Embed(BaseTask):
+    """Ready -> Running -> Ready, one EmbeddingGenerated per text (embedding engines)."""
+
+    texts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Probe(BaseTask):
+    """A deep health check: the engine replays a small known-good step."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown(BaseTask):
+    """Any -> ShuttingDown -> Shutdown; the process then exits 0."""
+
+
+Task: TypeAlias = BaseTask
+
+# ------------------------------------------------------------------ runner status
+
+
+@dataclass(frozen=True, slots=True)
+class BaseRunnerStatus:
+    """Base of every runner status."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerIdle(BaseRunnerStatus):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerLoading(BaseRunnerStatus):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerLoaded(BaseRunnerStatus):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerWarmingUp(BaseRunnerStatus):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerReady(BaseRunnerStatus):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerRunning(BaseRunnerStatus):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerShuttingDown(BaseRunnerStatus):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerShutdown(BaseRunnerStatus):
+    pass
+
+
+FailureReason: TypeAlias = Literal[
+    "exited",
+    "signalled",
+    "crashed",
+    "unresponsive",
+    "stalled",
+    "memory_limit",
+    "probe_failed",
+]
+Detector: TypeAlias = Literal["sentinel", "poll", "channel", "heartbeat", "progress", "probe"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerFailed(BaseRunnerStatus):
+    """Terminal: the runner died, froze or wedged. Emitted once per incarnation."""
+
+    reason: FailureReason
+    error_message: str
+    exit_code: int | None = None
+    signal: int | None = None
+    detected_by: Detector = "channel"
+    diagnostics: tuple[str, ...] = ()
+
+
+RunnerStatus: TypeAlias = BaseRunnerStatus
+
+#: Statuses in which the runner's main loop is doing work and must tick progress.
+BUSY_STATUSES: tuple[type[BaseRunnerStatus], ...] = (
+    RunnerLoading,
+    RunnerWarmingUp,
+    RunnerRunning,
+)
+
+# -------------------------------------------------------------------- task status
+
+
+class TaskStatus(enum.StrEnum):
+    """Task status. A StrEnum so ``status == "Failed"`` and JSON both work."""
+
+    Running = "Running"
+    Complete = "Complete"
+    Failed = "Failed"
+    Cancelled = "Cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self is not TaskStatus.Running
+
+
+# ------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class BaseEvent:
+    """Base of every event forwarded to the host."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerStatusUpdated(BaseEvent):
+    runner_id: str
+    status: BaseRunnerStatus
+
+
+@dataclass(frozen=True, slots=True)
+class TaskAcknowledged(BaseEvent):
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStatusUpdated(BaseEvent):
+    task_id: str
+    status: TaskStatus
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkGenerated(BaseEvent):
+    task_id: str
+    index: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingGenerated(BaseEvent):
+    """One embedding vector (float32 little-endian bytes) for text ``index`` of a task."""
+
+    task_id: str
+    index: int
+    dim: int
+    vector: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadProgress(BaseEvent):
+    """Optional progress of a long load or warm-up step (fraction in [0, 1])."""
+
+    task_id: str
+    fraction: float
+    message: str = ""
+
+
+Event: TypeAlias = BaseEvent
+
+# ------------------------------------------- control messages (never forwarded)
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTask:
+    """Parent -> runner: stop task ``task_id`` at the next token boundary."""
+
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CrashReport:
+    """Runner -> parent, just before a crash exit: the traceback that killed it."""
+
+    error: str
+    traceback: str
+
+
+__all__ = [
+    "BUSY_STATUSES",
+    "BaseEvent",
+    "BaseRunnerStatus",
+    "BaseTask",
+    "CancelTask",
+    "ChunkGenerated",
+    "CrashReport",
+    "Detector",
+    "Embed",
+    "EmbeddingGenerated",
+    "Event",
+    "FailureReason",
+    "Generate",
+    "LoadModel",
+    "LoadProgress",
+    "Probe",
+    "RunnerFailed",
+    "RunnerIdle",
+    "RunnerLoaded",
+    "RunnerLoading",
+    "RunnerReady",
+    "RunnerRunning",
+    "RunnerShutdown",
+    "RunnerShuttingDown",
+    "RunnerStatus",
+    "RunnerStatusUpdated",
+    "RunnerWarmingUp",
+    "Shutdown",
+    "Task",
+    "TaskAcknowledged",
+    "TaskStatus",
+    "TaskStatusUpdated",
+    "Warmup",
+]

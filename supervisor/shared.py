@@ -1,0 +1,58 @@
+"""Lock-free counters shared between the supervisor and its runner.
+
+One ``RawArray('d')`` with a single writer per slot: a locked ``Value`` would deadlock
+the reader forever if the runner died or stopped while holding the lock. Aligned
+8-byte stores are atomic on the platforms we run on, and doubles count exactly to 2**53.
+"""
+
+from __future__ import annotations
+
+import time
+from multiprocessing.context import BaseContext
+from typing import Any
+
+HEARTBEAT = 0  # bumped by the runner's heartbeat thread
+PROGRESS = 1  # bumped by the runner's main loop on every step
+EXTEND_UNTIL = 2  # CLOCK_MONOTONIC deadline an engine declared for a long step
+_SLOTS = 4
+
+
+class SharedState:
+    """The shared counters. Picklable to a spawned child through multiprocessing."""
+
+    __slots__ = ("_array",)
+
+    def __init__(self, array: Any) -> None:
+        self._array = array
+
+    @classmethod
+    def create(cls, ctx: BaseContext) -> SharedState:
+        return cls(ctx.RawArray("d", _SLOTS))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SharedState, (self._array,))
+
+    # runner side -----------------------------------------------------------
+    def beat(self) -> None:
+        self._array[HEARTBEAT] += 1.0
+
+    def tick(self) -> None:
+        self._array[PROGRESS] += 1.0
+
+    def extend_deadline(self, seconds: float) -> None:
+        """Declare that the current step may take up to ``seconds`` without progress."""
+        self._array[EXTEND_UNTIL] = time.monotonic() + seconds
+        self.tick()
+
+    # supervisor side -------------------------------------------------------
+    @property
+    def heartbeat(self) -> float:
+        return float(self._array[HEARTBEAT])
+
+    @property
+    def progress(self) -> float:
+        return float(self._array[PROGRESS])
+
+    @property
+    def extend_until(self) -> float:
+        return float(self._array[EXTEND_UNTIL])
