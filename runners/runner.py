@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections import deque
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
@@ -31,6 +32,7 @@ from supervisor.protocol import (
     TaskAcknowledged,
     TaskStatus,
     TaskStatusUpdated,
+    TaskUndecodable,
     Warmup,
 )
 from supervisor.shared import SharedState
@@ -59,7 +61,7 @@ class _Context:
     def cancelled(self) -> bool:
         return self._runner.check_inbox(self._task_id)
 
-    def emit(self, event: BaseEvent) -> None:
+    def emit(self, event: BaseEvent | TaskUndecodable) -> None:
         self._runner.emit(event)
         self._runner.shared.tick()
 
@@ -93,7 +95,7 @@ class Runner:
         self.status: BaseRunnerStatus = RunnerIdle()
 
     # -------------------------------------------------------------- messaging
-    def emit(self, event: BaseEvent) -> None:
+    def emit(self, event: BaseEvent | TaskUndecodable) -> None:
         self._events.send(event)
 
     def _set_status(self, status: BaseRunnerStatus) -> None:
@@ -136,16 +138,25 @@ class Runner:
     def check_inbox(self, current: str) -> bool:
         """Read what arrived without blocking; True if ``current`` must stop."""
         while self._tasks.poll(0):
-            self._accept(self._tasks.recv())
+            self._receive()
         return current in self._cancelled or self._shutdown_seen
+
+    def _receive(self) -> None:
+        """Take one message; a task we cannot unpickle fails alone, not the runner."""
+        data = self._tasks.recv_bytes()
+        try:
+            msg = pickle.loads(data)
+        except Exception as exc:  # noqa: BLE001 - whatever the pickle held
+            self.emit(TaskUndecodable(f"{type(exc).__name__}: {exc}"))
+            return
+        self._accept(msg)
 
     def _next_task(self) -> BaseTask | None:
         while not self._queue:
             try:
-                msg = self._tasks.recv()
+                self._receive()
             except (EOFError, OSError):
                 return None  # the supervisor is gone
-            self._accept(msg)
         return self._queue.popleft()
 
     # --------------------------------------------------------------- the loop

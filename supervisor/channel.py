@@ -137,7 +137,11 @@ class ChannelWriter:
     def put(self, obj: object) -> None:
         if self.broken or self.closed:
             return
-        self._outbox.append(memoryview(encode_frame(obj)))
+        try:
+            frame = encode_frame(obj)
+        except Exception as exc:
+            raise TypeError(f"cannot send {type(obj).__name__} to the runner: {exc}") from exc
+        self._outbox.append(memoryview(frame))
         self._wakeup.set()
 
     async def flush_forever(self) -> None:

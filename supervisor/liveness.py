@@ -92,7 +92,10 @@ class HeartbeatMonitor:
         start_timeout: float,
         started_at: float,
     ) -> None:
-        self.stale_checks = stale_checks
+        # Debounce: a single missed check never kills, whatever the configuration.
+        self.stale_checks = max(2, stale_checks)
+        # cpu_times tick at 10 ms; a busy runner shows at least that per check.
+        self.cpu_epsilon = min(BUSY_CPU_EPSILON, 0.25 * check_interval)
         self.check_interval = check_interval
         self.busy_grace = busy_grace
         self.start_timeout = start_timeout
@@ -108,7 +111,7 @@ class HeartbeatMonitor:
             return HeartbeatVerdict("dead", "runner process is gone")
         assert sample is not None
         cpu = sample.cpu_time
-        cpu_advanced = self._last_cpu is not None and cpu - self._last_cpu >= BUSY_CPU_EPSILON
+        cpu_advanced = self._last_cpu is not None and cpu - self._last_cpu >= self.cpu_epsilon
         self._last_cpu = cpu
 
         if value != self.last_value and value > 0:
@@ -122,7 +125,7 @@ class HeartbeatMonitor:
             # A stopped process cannot beat, and cannot resume by itself: no debounce
             # beyond the first stale check is needed, but one missed check never kills.
             self.stale += 1
-            if self.stale >= min(2, self.stale_checks):
+            if self.stale >= 2:
                 return HeartbeatVerdict(
                     "frozen",
                     f"runner is stopped (state {sample.status!r}); "

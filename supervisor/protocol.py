@@ -219,6 +219,17 @@ class CancelTask:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskUndecodable:
+    """Runner -> parent: the next task in the pipe could not be unpickled there.
+
+    Tasks are acknowledged in the order they were sent, so the parent knows which
+    one it was: the oldest task still waiting for its acknowledgement.
+    """
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class CrashReport:
     """Runner -> parent, just before a crash exit: the traceback that killed it."""
 
@@ -259,5 +270,6 @@ __all__ = [
     "TaskAcknowledged",
     "TaskStatus",
     "TaskStatusUpdated",
+    "TaskUndecodable",
     "Warmup",
 ]

@@ -48,6 +48,7 @@ from supervisor.protocol import (
     TaskAcknowledged,
     TaskStatus,
     TaskStatusUpdated,
+    TaskUndecodable,
 )
 
 #: How many finished task ids are remembered to refuse duplicates (bounded).
@@ -113,6 +114,7 @@ class RunnerSupervisor:
         self._scope: anyio.CancelScope | None = None
         self._run_called = False
         self._finished = False
+        self._finished_event: anyio.Event | None = None
         self._shutdown_requested = False
         self._shutdown_event: anyio.Event | None = None
         self._we_killed_it = False
@@ -175,7 +177,20 @@ class RunnerSupervisor:
 
     @property
     def finished(self) -> bool:
+        """True once the runner is gone and its end was reported."""
         return self._finished
+
+    async def wait_finished(self) -> None:
+        """Wait until `run` has reported the runner's end (shutdown or failure)."""
+        while not self._finished:
+            if self._finished_event is None:
+                self._finished_event = anyio.Event()
+            await self._finished_event.wait()
+
+    def _mark_finished(self) -> None:
+        self._finished = True
+        if self._finished_event is not None:
+            self._finished_event.set()
 
     @property
     def heartbeat_age(self) -> float | None:
@@ -478,10 +493,23 @@ class RunnerSupervisor:
         elif isinstance(msg, CrashReport):
             self._crash = msg
             return
+        elif isinstance(msg, TaskUndecodable):
+            await self._reject_oldest_pending(msg.error)
+            return
         elif not isinstance(msg, BaseEvent):
             logger.warning("runner {} sent an unknown message {!r}", self.runner_id, msg)
             return
         await self._forward(msg)
+
+    async def _reject_oldest_pending(self, error: str) -> None:
+        task_id = next(iter(self._pending), None)
+        if task_id is None:
+            logger.warning("runner {}: undecodable message: {}", self.runner_id, error)
+            return
+        await self._handle(TaskAcknowledged(task_id))
+        await self._handle(
+            TaskStatusUpdated(task_id, TaskStatus.Failed, f"runner cannot decode task: {error}")
+        )
 
     def _retire(self, task_id: str) -> None:
         self._in_progress.pop(task_id, None)
@@ -524,7 +552,7 @@ class RunnerSupervisor:
         else:
             await self._end_exited_runner(cause)
         proc.close()
-        self._finished = True
+        self._mark_finished()
 
     async def _fail_live_runner(self, cause: _EndCause) -> None:
         """Heartbeat, progress, memory or internal failure: the process still exists."""
@@ -676,4 +704,4 @@ class RunnerSupervisor:
             waiter.event.set()
         self._waiters.clear()
         proc.close()
-        self._finished = True
+        self._mark_finished()
