@@ -10,6 +10,7 @@ from multiprocessing.connection import Connection
 from runners.chaos import Chaos
 from runners.engines.base import Engine, TaskError
 from supervisor.protocol import (
+    DEVICE_UNHEALTHY,
     BaseEvent,
     BaseRunnerStatus,
     BaseTask,
@@ -190,10 +191,14 @@ class Runner:
                 self.engine.warmup(ctx)
                 self._set_status(RunnerReady())
             elif isinstance(task, Probe):
-                self.engine.probe(ctx)
+                # A failed probe is the supervisor's evidence, not a crash: it decides.
+                try:
+                    self.engine.probe(ctx)
+                except Exception as exc:
+                    raise TaskError(f"probe failed: {type(exc).__name__}: {exc}") from exc
                 cause = self.engine.device_health()
                 if cause is not None:
-                    raise RuntimeError(f"device unhealthy: {cause}")
+                    raise TaskError(f"{DEVICE_UNHEALTHY}: {cause}")
             elif isinstance(task, Generate):
                 self._set_status(RunnerRunning())
                 try:
