@@ -115,3 +115,14 @@ class ProbeEngine(_Base):
         if self.extra.get("mode") == "device" and self.calls > int(self.extra.get("good", 0)):
             return "CUDA error: an illegal memory access was encountered"
         return None
+
+
+class StubbornEngine(_Base):
+    """Ignores SIGTERM, then wedges its main loop in load: only SIGKILL ends it."""
+
+    def load(self, ctx: EngineContext) -> None:
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        while True:
+            time.sleep(3600)

@@ -7,6 +7,7 @@ import signal
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from supervisor import RunnerSpec, SupervisorConfig
@@ -25,11 +26,11 @@ pytestmark = pytest.mark.anyio
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for init to reap it counts as dead)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return True
 
 
 @pytest.mark.slow
@@ -206,3 +207,75 @@ async def test_healthy_probes_never_fail_and_yield_to_work() -> None:
         assert r.sup.probes_sent >= 2
     assert r.rec.failures() == []
     assert all(e.runner_id == r.sup.runner_id for e in r.rec.of(RunnerStatusUpdated))
+
+
+async def test_escalation_dumps_stacks_then_sigterm_then_sigkill() -> None:
+    spec = RunnerSpec(engine="tests.engines:StubbornEngine")
+    config = SupervisorConfig(load_timeout=0.5, stop_grace=0.5)
+    async with supervised(spec, config) as r:
+        await r.sup.start_task(LoadModel(task_id="load"))
+        t0 = time.monotonic()
+        await r.finished()
+        took = time.monotonic() - t0
+    (failure,) = r.rec.failures()
+    assert failure.reason == "stalled"
+    assert any("StubbornEngine" in line or "in load" in line for line in failure.diagnostics)
+    assert r.sup.exit_code == -signal.SIGKILL  # SIGTERM was ignored
+    assert took < 5
+
+
+@pytest.mark.slow
+async def test_busy_beyond_busy_grace_is_unresponsive() -> None:
+    spec = RunnerSpec(engine="tests.engines:GilBusyLoadEngine", options={"gil_seconds": 8})
+    config = SupervisorConfig(busy_grace=1.0, stop_grace=0.5)
+    async with supervised(spec, config) as r:
+        await r.sup.start_task(LoadModel(task_id="load"))
+        await r.finished(within=20)
+    (failure,) = r.rec.failures()
+    assert failure.reason == "unresponsive"
+    assert "busy_grace" in failure.error_message
+
+
+@pytest.mark.slow
+def test_runner_dies_within_a_second_of_its_host(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "host.py"
+    script.write_text(
+        "import math, anyio, sys\n"
+        "from supervisor import RunnerSupervisor\n"
+        "from supervisor.protocol import LoadModel\n"
+        "async def main():\n"
+        "    send, recv = anyio.create_memory_object_stream(math.inf)\n"
+        "    sup = RunnerSupervisor.create(event_sender=send)\n"
+        "    async with anyio.create_task_group() as tg:\n"
+        "        tg.start_soon(sup.run)\n"
+        "        await sup.start_task(LoadModel(task_id='l'))\n"
+        "        print(sup.pid, flush=True)\n"
+        "        await anyio.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    anyio.run(main)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    host = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
+    )
+    try:
+        assert host.stdout is not None
+        runner = int(host.stdout.readline())
+        assert _alive(runner)
+        host.kill()
+        host.wait()
+        killed = time.monotonic()
+        while _alive(runner) and time.monotonic() - killed < 3:
+            time.sleep(0.01)
+        took = time.monotonic() - killed
+        assert not _alive(runner), "runner outlived its supervisor"
+        print(f"runner gone {took * 1000:.0f} ms after its host was SIGKILLed")
+        assert took < 1.0
+    finally:
+        host.kill()
+        host.wait()
+        if host.stdout is not None:
+            host.stdout.close()
