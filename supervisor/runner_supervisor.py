@@ -558,6 +558,12 @@ class RunnerSupervisor:
             if task_id in self._probes:
                 self._on_probe_event(msg)
                 return  # probes are the supervisor's own business
+        if type(msg) is ChunkGenerated:  # the hot path: one per token
+            if not self._first_chunk_seen and msg.task_id == self._current_generate:
+                self._first_chunk_seen = True
+                self._progress.reset(time.monotonic())
+            await self._forward(msg)
+            return
         if isinstance(msg, (TaskStatusUpdated, TaskAcknowledged)):
             self._last_activity = time.monotonic()
         if isinstance(msg, RunnerStatusUpdated):
