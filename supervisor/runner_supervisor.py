@@ -27,6 +27,7 @@ from supervisor.liveness import (
 )
 from supervisor.process import RunnerProcess, describe_exit, describe_signal
 from supervisor.protocol import (
+    BUSY_STATUSES,
     DEVICE_UNHEALTHY,
     BaseEvent,
     BaseRunnerStatus,
@@ -123,6 +124,7 @@ class RunnerSupervisor:
         self._we_killed_it = False
         self._host_gone = False
         self._current_generate: str | None = None
+        self._busy_event: anyio.Event | None = None
         self._probes: dict[str, anyio.Event] = {}
         self._probe_errors: dict[str, str | None] = {}
         self._last_activity = time.monotonic()
@@ -396,13 +398,14 @@ class RunnerSupervisor:
             started_at=self.started_at,
         )
         busy_logged = False
+        ps = self._psutil
+        if ps is None:
+            return
         while True:
             await anyio.sleep(cfg.heartbeat_check_interval)
-            if self._psutil is None:
-                return
             now = time.monotonic()
-            sample = sample_process(self._psutil)
-            verdict = monitor.check(shared.heartbeat, now, sample)
+            verdict = monitor.check(shared.heartbeat, now, lambda: sample_process(ps))
+            sample = monitor.last_sample
             if verdict.verdict == "ok":
                 busy_logged = False
             elif verdict.verdict == "busy" and not busy_logged:
@@ -438,6 +441,11 @@ class RunnerSupervisor:
     async def _watch_progress(self) -> None:
         shared = self._proc.shared
         while True:
+            if self._phase_deadline() is None:
+                # Idle runners cost nothing here: wait for work instead of polling.
+                self._busy_event = anyio.Event()
+                await self._busy_event.wait()
+                self._progress.reset(time.monotonic())
             await anyio.sleep(self.config.progress_check_interval)
             now = time.monotonic()
             phase = self._phase_deadline()
@@ -569,6 +577,8 @@ class RunnerSupervisor:
         if isinstance(msg, RunnerStatusUpdated):
             self._status = msg.status
             self._progress.reset(time.monotonic())
+            if self._busy_event is not None and isinstance(msg.status, BUSY_STATUSES):
+                self._busy_event.set()
             if not isinstance(msg.status, RunnerRunning):
                 self._current_generate = None
         elif isinstance(msg, TaskAcknowledged):

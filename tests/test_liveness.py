@@ -151,7 +151,7 @@ async def test_resource_sample_is_exposed() -> None:
         sample = r.sup.resources
         assert sample is not None
         assert sample.rss > 10 * 2**20
-        assert sample.num_threads >= 2  # main loop + heartbeat
+        assert 0 <= sample.cpu_percent < 400
         assert r.sup.heartbeat_age is not None
 
 
