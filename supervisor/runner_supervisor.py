@@ -18,9 +18,9 @@ from loguru import logger
 from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.errors import DuplicateTaskError, RunnerFailedError
 from supervisor.liveness import (
-    CpuMeter,
     HeartbeatMonitor,
     ProgressMonitor,
+    ResourceMeter,
     ResourceSample,
     is_stopped,
     sample_process,
@@ -132,7 +132,6 @@ class RunnerSupervisor:
         self.probe_failures = 0
         self._first_chunk_seen = False
         self._progress = ProgressMonitor(time.monotonic())
-        self._cpu = CpuMeter()
         self.resources: ResourceSample | None = None
         self.started_at = time.monotonic()
         self.failed_at: float | None = None
@@ -143,6 +142,7 @@ class RunnerSupervisor:
             self._psutil = psutil.Process(proc.pid)
         except psutil.Error:
             self._psutil = None
+        self._meter = ResourceMeter(self._psutil) if self._psutil is not None else None
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -370,10 +370,10 @@ class RunnerSupervisor:
             if not self._proc.is_alive():
                 self._end(_EndCause(detected_by="poll"))
                 return
-            if self._psutil is not None:
-                sample = sample_process(self._psutil)
+            if self._meter is not None:
+                sample = self._meter.sample()
                 if sample is not None:
-                    self.resources = self._cpu.resource(sample)
+                    self.resources = sample
                     if limit is not None and sample.rss > limit:
                         self._end(
                             _EndCause(
