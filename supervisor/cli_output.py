@@ -138,7 +138,7 @@ class HumanOutput(Output):
             self._open_line = None
 
     def started(self, pid: int, runner_id: str) -> None:
-        logger.info("runner {} started (pid {})", runner_id, pid)
+        logger.debug("runner {} started (pid {})", runner_id, pid)
 
     def event(self, event: BaseEvent) -> None:
         if isinstance(event, ChunkGenerated):
