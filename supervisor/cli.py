@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run one supervised worker: load, warm up, serve the tasks, shut down",
-        description="Spawn one runner, load and warm it up, run each PROMPT (and, with "
+        description="Spawn one runner, load and warm it up, run each PROMPT (and, with\n"
         "--stdin, each JSON line) as a task, stream the output, then shut down cleanly.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
