@@ -8,6 +8,7 @@ psutil samples of the runner.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,7 +25,6 @@ class ProcessSample:
     status: str
     cpu_time: float
     rss: int
-    num_threads: int
     when: float
 
 
@@ -34,21 +34,18 @@ class ResourceSample:
 
     rss: int
     cpu_percent: float
-    num_threads: int
     when: float
 
 
 def sample_process(proc: psutil.Process) -> ProcessSample | None:
-    """One cheap reading (a few /proc reads); ``None`` if the process is gone."""
+    """One cheap reading (two /proc reads, ~60 us); ``None`` if the process is gone."""
     try:
         with proc.oneshot():
             cpu = proc.cpu_times()
-            mem = proc.memory_info()
             return ProcessSample(
                 status=proc.status(),
                 cpu_time=cpu.user + cpu.system,
-                rss=mem.rss,
-                num_threads=proc.num_threads(),
+                rss=proc.memory_info().rss,
                 when=time.monotonic(),
             )
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
@@ -105,21 +102,27 @@ class HeartbeatMonitor:
         self.stale = 0
         self.busy_since: float | None = None
         self._last_cpu: float | None = None
+        self.last_sample: ProcessSample | None = None
 
-    def check(self, value: float, now: float, sample: ProcessSample | None) -> HeartbeatVerdict:
+    def check(
+        self, value: float, now: float, sampler: Callable[[], ProcessSample | None]
+    ) -> HeartbeatVerdict:
+        """Judge one check. ``sampler`` (psutil) is only called when the beat is stale."""
+        if value != self.last_value and value > 0:
+            self.last_value = value
+            self.last_change = now
+            self.stale = 0
+            self.busy_since = None
+            self._last_cpu = None
+            return HeartbeatVerdict("ok")
+        sample = sampler()
+        self.last_sample = sample
         if is_dead(sample):
             return HeartbeatVerdict("dead", "runner process is gone")
         assert sample is not None
         cpu = sample.cpu_time
         cpu_advanced = self._last_cpu is not None and cpu - self._last_cpu >= self.cpu_epsilon
         self._last_cpu = cpu
-
-        if value != self.last_value and value > 0:
-            self.last_value = value
-            self.last_change = now
-            self.stale = 0
-            self.busy_since = None
-            return HeartbeatVerdict("ok")
 
         if is_stopped(sample):
             # A stopped process cannot beat, and cannot resume by itself: no debounce
@@ -204,6 +207,4 @@ class CpuMeter:
             if dt > 0:
                 pct = 100.0 * (sample.cpu_time - self._last[0]) / dt
         self._last = (sample.cpu_time, sample.when)
-        return ResourceSample(
-            rss=sample.rss, cpu_percent=pct, num_threads=sample.num_threads, when=sample.when
-        )
+        return ResourceSample(rss=sample.rss, cpu_percent=pct, when=sample.when)

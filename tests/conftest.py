@@ -25,7 +25,8 @@ def no_leaks() -> Iterator[None]:
 def _multiprocessing_infrastructure() -> None:
     """Start multiprocessing's per-process helpers once, so they are not 'leaks'."""
     import multiprocessing
-    from multiprocessing import resource_tracker
+    from multiprocessing import forkserver, resource_tracker
 
     resource_tracker.ensure_running()
+    forkserver.ensure_running()
     multiprocessing.get_context("spawn").RawArray("d", 4)

@@ -8,6 +8,7 @@ import signal
 import time
 
 import anyio
+import psutil
 import pytest
 
 from supervisor import DuplicateTaskError, RunnerFailedError, RunnerSpec, SupervisorConfig
@@ -351,10 +352,9 @@ async def test_cancelling_the_host_task_group_leaves_nothing() -> None:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return True
 
 
 async def test_chunks_keep_order_under_load() -> None:
@@ -372,3 +372,26 @@ async def test_failure_fields_are_a_frozen_dataclass() -> None:
     failure = RunnerFailed(reason="exited", error_message="exitcode=1", exit_code=1)
     with pytest.raises(AttributeError):
         failure.reason = "crashed"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+async def test_start_methods(start_method: str) -> None:
+    config = SupervisorConfig(start_method=start_method)  # type: ignore[arg-type]
+    async with supervised(config=config, token_delay=0.01) as r:
+        await r.ready()
+        await r.sup.start_task(Generate(task_id="g", prompt="x", max_tokens=1000))
+        await r.rec.wait_for(lambda: len(r.rec.chunks("g")) >= 1)
+        os.kill(r.sup.pid, signal.SIGKILL)
+        await r.finished()
+    (failure,) = r.rec.failures()
+    assert failure.signal == 9
+    assert r.rec.terminal("g") == [TaskStatus.Failed]
+
+
+def test_config_rejects_plain_fork_and_nonsense() -> None:
+    with pytest.raises(ValueError, match="never plain fork"):
+        SupervisorConfig(start_method="fork")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="decode_timeout"):
+        SupervisorConfig(decode_timeout=0)
+    with pytest.raises(ValueError, match="heartbeat_interval"):
+        SupervisorConfig(heartbeat_interval=1.0, heartbeat_check_interval=0.5)
