@@ -1,0 +1,227 @@
+"""The CLI's run loop: one supervised worker, fed tasks, until input ends or it fails.
+
+Kept apart from argument parsing so that other front ends (a health endpoint,
+restart policies, systemd notification) can wrap or extend `WorkerRun` without
+touching the parser.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from loguru import logger
+
+from supervisor.cli_input import InputError
+from supervisor.cli_output import Output
+from supervisor.config import RunnerSpec, SupervisorConfig
+from supervisor.errors import DuplicateTaskError, RunnerFailedError
+from supervisor.protocol import (
+    BaseEvent,
+    BaseTask,
+    LoadModel,
+    RunnerFailed,
+    RunnerStatusUpdated,
+    TaskStatus,
+    TaskStatusUpdated,
+    Warmup,
+)
+from supervisor.runner_supervisor import RunnerSupervisor
+
+# Exit codes (documented in the CLI's --help epilog and docs/cli.md).
+EXIT_OK = 0
+EXIT_RUNNER_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_TASK_FAILED = 3
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+
+#: What the driver serves: ``(stdin line or None for a prompt, task or bad line)``.
+TaskSource = AsyncIterator[tuple[int | None, BaseTask | InputError]]
+
+
+@dataclass
+class TaskTracker:
+    """Terminal statuses seen on the event stream, waited on by the driver."""
+
+    terminal: dict[str, TaskStatus] = field(default_factory=dict)
+    failed_tasks: list[str] = field(default_factory=list)
+    failure: RunnerFailed | None = None
+    closed: bool = False
+    _changed: anyio.Event = field(default_factory=anyio.Event)
+
+    def note(self, event: BaseEvent) -> None:
+        if isinstance(event, TaskStatusUpdated) and event.status.terminal:
+            self.terminal[event.task_id] = event.status
+            if event.status is not TaskStatus.Complete:
+                self.failed_tasks.append(event.task_id)
+        elif isinstance(event, RunnerStatusUpdated) and isinstance(event.status, RunnerFailed):
+            self.failure = event.status
+        else:
+            return
+        self._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_terminal(self, task_id: str) -> TaskStatus | None:
+        """The task's terminal status; None if the event stream ended without one."""
+        while task_id not in self.terminal:
+            if self.closed:
+                return None
+            await self._changed.wait()
+        return self.terminal.pop(task_id)
+
+    async def wait_closed(self) -> None:
+        while not self.closed:
+            await self._changed.wait()
+
+
+@dataclass
+class WorkerRun:
+    """One CLI run: spawn, load, warm up, serve ``source``, shut down, pick an exit code."""
+
+    spec: RunnerSpec
+    config: SupervisorConfig
+    source: TaskSource
+    output: Output
+    handle_signals: bool = True
+
+    sup: RunnerSupervisor | None = field(default=None, init=False)
+    bad_input: int = field(default=0, init=False)
+    signal_received: int | None = field(default=None, init=False)
+    # anyio objects need a running event loop: made in run().
+    tracker: TaskTracker = field(init=False)
+    _driver: anyio.CancelScope = field(init=False)
+
+    async def run(self) -> int:
+        self.tracker = TaskTracker()
+        self._driver = anyio.CancelScope()
+        send, recv = anyio.create_memory_object_stream[BaseEvent](math.inf)
+        try:
+            sup = RunnerSupervisor.create(spec=self.spec, event_sender=send, config=self.config)
+        except Exception as exc:  # noqa: BLE001 - could not even start: say why, exit 1
+            logger.error("could not start the runner: {}: {}", type(exc).__name__, exc)
+            send.close()
+            recv.close()
+            self.output.finished(EXIT_RUNNER_FAILED, None)
+            return EXIT_RUNNER_FAILED
+        self.sup = sup
+        self.output.started(sup.pid, sup.runner_id)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._supervise, sup, send)
+            tg.start_soon(self._consume, recv)
+            if self.handle_signals:
+                tg.start_soon(self._watch_signals, sup)
+            await self.serve(tg)
+            sup.shutdown()
+            await sup.wait_finished()
+            await self.tracker.wait_closed()
+            tg.cancel_scope.cancel()  # the signal watcher
+        code = self.exit_code()
+        self.output.finished(code, sup.exit_code)
+        return code
+
+    async def serve(self, tg: TaskGroup) -> None:
+        """Drive the runner until the input ends, a signal arrives or the runner is gone.
+
+        A hook for front ends that need more concurrent jobs: ``tg`` is the run's
+        task group (cancelled once the runner has finished and output is drained).
+        """
+        with self._driver:
+            await self._drive()
+
+    # ----------------------------------------------------------------- workers
+    async def _supervise(
+        self, sup: RunnerSupervisor, send: MemoryObjectSendStream[BaseEvent]
+    ) -> None:
+        async with send:
+            await sup.run()
+        # The runner is gone: there is nothing left to feed (stdin may never end).
+        self._driver.cancel()
+
+    async def _consume(self, recv: MemoryObjectReceiveStream[BaseEvent]) -> None:
+        async with recv:
+            async for event in recv:
+                self.output.event(event)
+                self.tracker.note(event)
+                if self.output.broken:
+                    self._stop("stdout closed")
+        self.tracker.close()
+
+    async def _watch_signals(self, sup: RunnerSupervisor) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if self.signal_received is None:
+                    self.signal_received = signum
+                    self._stop(f"{name} received: shutting the runner down")
+                else:
+                    logger.warning("{} received again: killing the runner", name)
+                    sup.kill()
+
+    def _stop(self, why: str) -> None:
+        if not self._driver.cancel_called:
+            logger.warning("{}", why)
+            self._driver.cancel()
+            if self.sup is not None:
+                self.sup.shutdown()
+
+    # ------------------------------------------------------------------ driver
+    async def _drive(self) -> None:
+        for task in (LoadModel(task_id="load"), Warmup(task_id="warmup")):
+            status = await self._submit(task)
+            if status is not TaskStatus.Complete:
+                return
+        async for line, item in self.source:
+            if isinstance(item, InputError):
+                self._reject(item.line, item.error)
+                continue
+            await self._submit(item, line)
+            if self.tracker.failure is not None or (self.sup and self.sup.finished):
+                return
+
+    async def _submit(self, task: BaseTask, line: int | None = None) -> TaskStatus | None:
+        """Run one task to its end. Bad tasks are rejected; the run goes on."""
+        assert self.sup is not None
+        try:
+            await self.sup.start_task(task)
+        except RunnerFailedError:
+            return None  # reported on the event stream; run() ends with exit 1
+        except (DuplicateTaskError, TypeError, ValueError) as exc:
+            self._reject(line, f"task {task.task_id!r}: {exc}")
+            return None
+        return await self.tracker.wait_terminal(task.task_id)
+
+    def _reject(self, line: int | None, error: str) -> None:
+        self.bad_input += 1
+        where = f"stdin line {line}: " if line is not None else ""
+        # One line on stderr, whatever the log format: scripts grep for it.
+        print(f"runner-supervisor: error: {where}{error}", file=sys.stderr, flush=True)
+        self.output.rejected(line, error)
+
+    # ----------------------------------------------------------------- verdict
+    def exit_code(self) -> int:
+        """Worst outcome wins: runner failure, signal, closed stdout, bad input, task failure."""
+        sup = self.sup
+        if self.tracker.failure is not None or (sup is not None and sup.failure is not None):
+            return EXIT_RUNNER_FAILED
+        if self.signal_received is not None:
+            return 128 + self.signal_received
+        if self.output.broken:
+            return EXIT_BROKEN_PIPE
+        if self.bad_input:
+            return EXIT_BAD_INPUT
+        if self.tracker.failed_tasks:
+            return EXIT_TASK_FAILED
+        return EXIT_OK
