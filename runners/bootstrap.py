@@ -49,6 +49,9 @@ def main(args: BootstrapArgs) -> None:
     from runners.heartbeat import Heartbeat, die_with_parent
 
     heartbeat = Heartbeat(args.shared, args.heartbeat_interval)
+    # First beat from here, before the thread exists: if the main thread then grabs
+    # the GIL for good, the supervisor still knows the interpreter came up.
+    args.shared.beat()
     heartbeat.start()
     die_with_parent()
     with contextlib.suppress(OSError):

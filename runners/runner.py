@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import select
 from collections import deque
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
@@ -10,6 +12,7 @@ from multiprocessing.connection import Connection
 from runners.chaos import Chaos
 from runners.engines.base import Engine, TaskError
 from supervisor.protocol import (
+    DEVICE_UNHEALTHY,
     BaseEvent,
     BaseRunnerStatus,
     BaseTask,
@@ -36,6 +39,7 @@ from supervisor.protocol import (
     Warmup,
 )
 from supervisor.shared import SharedState
+from supervisor.wire import encode_frame
 
 
 class _Context:
@@ -89,6 +93,12 @@ class Runner:
         self.chaos = chaos
         self._tasks = tasks
         self._events = events
+        self._events_fd = events.fileno()
+        # One poll object for the life of the runner: Connection.poll(0) builds a
+        # selector per call (~3 us), which is paid on every token.
+        self._inbox = select.poll()
+        self._inbox.register(tasks.fileno(), select.POLLIN)
+        self._orphaned = False
         self._queue: deque[BaseTask] = deque()
         self._cancelled: set[str] = set()
         self._shutdown_seen = False
@@ -96,7 +106,10 @@ class Runner:
 
     # -------------------------------------------------------------- messaging
     def emit(self, event: BaseEvent | TaskUndecodable) -> None:
-        self._events.send(event)
+        data = memoryview(encode_frame(event))
+        fd = self._events_fd
+        while data:
+            data = data[os.write(fd, data) :]
 
     def _set_status(self, status: BaseRunnerStatus) -> None:
         self.status = status
@@ -137,8 +150,12 @@ class Runner:
 
     def check_inbox(self, current: str) -> bool:
         """Read what arrived without blocking; True if ``current`` must stop."""
-        while self._tasks.poll(0):
-            self._receive()
+        try:
+            while self._inbox.poll(0):
+                self._receive()
+        except (EOFError, OSError):
+            self._orphaned = True  # the supervisor is gone: stop and leave
+            return True
         return current in self._cancelled or self._shutdown_seen
 
     def _receive(self) -> None:
@@ -164,7 +181,7 @@ class Runner:
         """Serve tasks until Shutdown (True) or the supervisor disappears (False)."""
         self._set_status(RunnerIdle())
         while True:
-            task = self._next_task()
+            task = None if self._orphaned else self._next_task()
             if task is None:
                 return False
             self._cancelled.discard(task.task_id)
@@ -190,10 +207,14 @@ class Runner:
                 self.engine.warmup(ctx)
                 self._set_status(RunnerReady())
             elif isinstance(task, Probe):
-                self.engine.probe(ctx)
+                # A failed probe is the supervisor's evidence, not a crash: it decides.
+                try:
+                    self.engine.probe(ctx)
+                except Exception as exc:
+                    raise TaskError(f"probe failed: {type(exc).__name__}: {exc}") from exc
                 cause = self.engine.device_health()
                 if cause is not None:
-                    raise RuntimeError(f"device unhealthy: {cause}")
+                    raise TaskError(f"{DEVICE_UNHEALTHY}: {cause}")
             elif isinstance(task, Generate):
                 self._set_status(RunnerRunning())
                 try:

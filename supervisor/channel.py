@@ -17,58 +17,60 @@ from typing import Any
 
 import anyio
 
+from supervisor.wire import encode_frame, from_wire
+
 _HEADER = struct.Struct("!i")
 _LARGE = struct.Struct("!Q")
 _READ_SIZE = 256 * 1024
 
-
-def encode_frame(obj: object) -> bytes:
-    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    n = len(payload)
-    if n > 0x7FFFFFFF:
-        return _HEADER.pack(-1) + _LARGE.pack(n) + payload
-    return _HEADER.pack(n) + payload
+__all__ = ["ChannelReader", "ChannelWriter", "FrameDecoder", "encode_frame"]
 
 
 class FrameDecoder:
     """Incremental decoder of ``Connection.send`` frames."""
 
-    __slots__ = ("_buf", "_pos")
+    __slots__ = ("_need", "_rest")
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._pos = 0
+        self._rest = bytearray()  # an incomplete frame carried over to the next read
+        self._need = 0  # bytes that frame needs in all, when known
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos
+        return len(self._rest)
 
     def feed(self, data: bytes) -> list[Any]:
-        buf = self._buf
-        buf += data
-        pos = self._pos
-        end = len(buf)
+        if self._rest:
+            self._rest += data  # amortised: a big frame arrives in many reads
+            if len(self._rest) < self._need:
+                return []
+            data = bytes(self._rest)
+            self._rest.clear()
+        end = len(data)
+        pos = 0
         out: list[Any] = []
+        append = out.append
         loads = pickle.loads
+        unpack = _HEADER.unpack_from
         while end - pos >= 4:
-            (n,) = _HEADER.unpack_from(buf, pos)
+            (n,) = unpack(data, pos)
             start = pos + 4
             if n == -1:
                 if end - start < 8:
                     break
-                (n,) = _LARGE.unpack_from(buf, start)
+                (n,) = _LARGE.unpack_from(data, start)
                 start += 8
-            if end - start < n:
+            stop = start + n
+            if stop > end:
                 break
-            out.append(loads(memoryview(buf)[start : start + n]))
-            pos = start + n
-        if pos == end:
-            buf.clear()
-            pos = 0
-        elif pos > 1 << 20:
-            del buf[:pos]
-            pos = 0
-        self._pos = pos
+            append(from_wire(loads(data[start:stop])))
+            pos = stop
+        if pos < end:
+            self._rest += data[pos:]
+            self._need = 0
+            if end - pos >= 4:
+                (n,) = unpack(data, pos)
+                self._need = (n + 4) if n >= 0 else 12
         return out
 
 

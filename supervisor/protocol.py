@@ -208,6 +208,9 @@ class LoadProgress(BaseEvent):
 
 Event: TypeAlias = BaseEvent
 
+#: Prefix of a Probe's error when the engine says its device is permanently broken.
+DEVICE_UNHEALTHY = "device unhealthy"
+
 # ------------------------------------------- control messages (never forwarded)
 
 
@@ -239,6 +242,7 @@ class CrashReport:
 
 __all__ = [
     "BUSY_STATUSES",
+    "DEVICE_UNHEALTHY",
     "BaseEvent",
     "BaseRunnerStatus",
     "BaseTask",

@@ -27,6 +27,7 @@ from supervisor.liveness import (
 )
 from supervisor.process import RunnerProcess, describe_exit, describe_signal
 from supervisor.protocol import (
+    DEVICE_UNHEALTHY,
     BaseEvent,
     BaseRunnerStatus,
     BaseTask,
@@ -36,9 +37,11 @@ from supervisor.protocol import (
     Detector,
     FailureReason,
     Generate,
+    Probe,
     RunnerFailed,
     RunnerIdle,
     RunnerLoading,
+    RunnerReady,
     RunnerRunning,
     RunnerShutdown,
     RunnerShuttingDown,
@@ -120,6 +123,11 @@ class RunnerSupervisor:
         self._we_killed_it = False
         self._host_gone = False
         self._current_generate: str | None = None
+        self._probes: dict[str, anyio.Event] = {}
+        self._probe_errors: dict[str, str | None] = {}
+        self._last_activity = time.monotonic()
+        self.probes_sent = 0
+        self.probe_failures = 0
         self._first_chunk_seen = False
         self._progress = ProgressMonitor(time.monotonic())
         self._cpu = CpuMeter()
@@ -127,7 +135,7 @@ class RunnerSupervisor:
         self.started_at = time.monotonic()
         self.failed_at: float | None = None
         self.exit_code: int | None = None
-        self._heartbeat_age: float | None = None
+        self._hb_seen: tuple[float, float] = (0.0, time.monotonic())
         self._psutil: psutil.Process | None = None
         try:
             self._psutil = psutil.Process(proc.pid)
@@ -194,8 +202,14 @@ class RunnerSupervisor:
 
     @property
     def heartbeat_age(self) -> float | None:
-        """Seconds since the heartbeat last changed, as of the last check."""
-        return self._heartbeat_age
+        """Seconds since the runner's heartbeat last changed (None before the first)."""
+        value = self._proc.shared.heartbeat
+        now = time.monotonic()
+        if value != self._hb_seen[0]:
+            self._hb_seen = (value, now)
+        if value == 0:
+            return None
+        return now - self._hb_seen[1]
 
     # ------------------------------------------------------------------ commands
     async def start_task(self, task: BaseTask) -> None:
@@ -309,6 +323,7 @@ class RunnerSupervisor:
             self._proc.tasks.flush_forever,
             self._proc.output.pump,
             self._escalate_shutdown,
+            self._watch_probe,
         ]
 
     def _end(self, cause: _EndCause) -> None:
@@ -388,7 +403,6 @@ class RunnerSupervisor:
             now = time.monotonic()
             sample = sample_process(self._psutil)
             verdict = monitor.check(shared.heartbeat, now, sample)
-            self._heartbeat_age = now - monitor.last_change
             if verdict.verdict == "ok":
                 busy_logged = False
             elif verdict.verdict == "busy" and not busy_logged:
@@ -443,6 +457,83 @@ class RunnerSupervisor:
                 )
                 return
 
+    def _idle(self) -> bool:
+        return (
+            isinstance(self._status, RunnerReady)
+            and not self._pending
+            and not self._in_progress
+            and not self._shutdown_requested
+        )
+
+    async def _watch_probe(self) -> None:
+        """Deep health canary: when idle for ``probe_interval``, ask the engine to
+        replay a known-good step. ``probe_failures`` misses in a row (no answer within
+        ``probe_timeout`` each, or a failed answer) fail the runner; a device the
+        engine reports broken fails it at once."""
+        cfg = self.config
+        if cfg.probe_interval <= 0:
+            return
+        misses = 0
+        while True:
+            await anyio.sleep(min(cfg.probe_interval, 0.25))
+            now = time.monotonic()
+            if not self._idle() or now - self._last_activity < cfg.probe_interval:
+                continue
+            self.probes_sent += 1
+            probe_id = f"__probe-{self.probes_sent}"
+            answered = anyio.Event()
+            self._probes[probe_id] = answered
+            self._proc.tasks.put(Probe(task_id=probe_id))
+            error: str | None = None
+            while True:
+                with anyio.move_on_after(cfg.probe_timeout):
+                    await answered.wait()
+                if answered.is_set():
+                    error = self._probe_errors.pop(probe_id, None)
+                    break
+                misses += 1  # each probe_timeout without an answer is one miss
+                self.probe_failures += 1
+                logger.warning(
+                    "runner {}: probe unanswered for {:g}s ({}/{})",
+                    self.runner_id,
+                    cfg.probe_timeout * misses,
+                    misses,
+                    cfg.probe_failures,
+                )
+                if misses >= cfg.probe_failures:
+                    self._fail_probe(
+                        f"probe unanswered for {cfg.probe_timeout * misses:g}s "
+                        f"({misses} consecutive misses)"
+                    )
+                    return
+            self._probes.pop(probe_id, None)
+            self._last_activity = time.monotonic()
+            if error is None:
+                misses = 0
+                continue
+            self.probe_failures += 1
+            if error.startswith(DEVICE_UNHEALTHY):
+                self._fail_probe(error)
+                return
+            misses += 1
+            logger.warning(
+                "runner {}: {} ({}/{})", self.runner_id, error, misses, cfg.probe_failures
+            )
+            if misses >= cfg.probe_failures:
+                self._fail_probe(f"{misses} consecutive probe failures; last: {error}")
+                return
+
+    def _fail_probe(self, message: str) -> None:
+        self._end(_EndCause(detected_by="probe", reason="probe_failed", message=message))
+
+    def _on_probe_event(self, msg: BaseEvent) -> None:
+        if isinstance(msg, TaskStatusUpdated) and msg.status.terminal:
+            if msg.status is not TaskStatus.Complete:
+                self._probe_errors[msg.task_id] = msg.error or str(msg.status)
+            event = self._probes.get(msg.task_id)
+            if event is not None:
+                event.set()
+
     async def _escalate_shutdown(self) -> None:
         assert self._shutdown_event is not None
         await self._shutdown_event.wait()
@@ -462,6 +553,19 @@ class RunnerSupervisor:
     async def _handle(self, msg: object) -> None:
         if self._failure is not None:
             return  # a failed runner's late words are not news
+        if self._probes and isinstance(msg, BaseEvent):
+            task_id = getattr(msg, "task_id", None)
+            if task_id in self._probes:
+                self._on_probe_event(msg)
+                return  # probes are the supervisor's own business
+        if type(msg) is ChunkGenerated:  # the hot path: one per token
+            if not self._first_chunk_seen and msg.task_id == self._current_generate:
+                self._first_chunk_seen = True
+                self._progress.reset(time.monotonic())
+            await self._forward(msg)
+            return
+        if isinstance(msg, (TaskStatusUpdated, TaskAcknowledged)):
+            self._last_activity = time.monotonic()
         if isinstance(msg, RunnerStatusUpdated):
             self._status = msg.status
             self._progress.reset(time.monotonic())

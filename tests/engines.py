@@ -87,3 +87,42 @@ class NoisyEngine(_Base):
         print("allocating the KV cache", flush=True)
         yield "a "
         raise MemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+class ProbeEngine(_Base):
+    """Echo whose probe misbehaves after ``good`` healthy probes.
+
+    ``mode``: "hang" (never answers), "raise" (answers with an error), "device"
+    (the device reports itself broken).
+    """
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        super().__init__(options)
+        self.calls = 0
+
+    def probe(self, ctx: EngineContext) -> None:
+        self.calls += 1
+        if self.calls <= int(self.extra.get("good", 0)):
+            return
+        mode = self.extra.get("mode", "hang")
+        if mode == "hang":
+            while True:
+                time.sleep(3600)
+        if mode == "raise":
+            raise RuntimeError("canary output mismatch")
+
+    def device_health(self) -> str | None:
+        if self.extra.get("mode") == "device" and self.calls > int(self.extra.get("good", 0)):
+            return "CUDA error: an illegal memory access was encountered"
+        return None
+
+
+class StubbornEngine(_Base):
+    """Ignores SIGTERM, then wedges its main loop in load: only SIGKILL ends it."""
+
+    def load(self, ctx: EngineContext) -> None:
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        while True:
+            time.sleep(3600)

@@ -8,6 +8,7 @@ import signal
 import time
 
 import anyio
+import psutil
 import pytest
 
 from supervisor import DuplicateTaskError, RunnerFailedError, RunnerSpec, SupervisorConfig
@@ -351,10 +352,9 @@ async def test_cancelling_the_host_task_group_leaves_nothing() -> None:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return True
 
 
 async def test_chunks_keep_order_under_load() -> None:
