@@ -44,9 +44,6 @@ from tests.harness import Recorder, Running, supervised  # noqa: E402
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-#: The lead's supervisor-side probe scheduler ships with this protocol constant.
-HAS_PROBE_SCHEDULER = hasattr(proto, "DEVICE_UNHEALTHY")
-
 OPTIONS: dict[str, Any] = {"num_threads": 1, "batch_size": 8}
 
 TEXTS = (
@@ -166,6 +163,9 @@ def test_embeddings_in_process_match_reference_and_honour_cancel(
     ctx = FakeCtx()
     eng.run_task(Embed(task_id="t", texts=TEXTS), ctx)
     vectors = [e for e in ctx.events if isinstance(e, EmbeddingGenerated)]
+    # longest texts first (less padding); `index` places each vector
+    assert [len(TEXTS[v.index]) for v in vectors] == sorted(map(len, TEXTS), reverse=True)
+    vectors.sort(key=lambda v: v.index)
     assert [v.index for v in vectors] == list(range(len(TEXTS)))
     assert min(_cosines(vectors, reference.encode(list(TEXTS)))) > 0.999
     assert ctx.ticks >= math.ceil(len(TEXTS) / eng.batch_size)
@@ -218,7 +218,7 @@ async def test_embed_through_supervisor_matches_sentence_transformers(reference:
 
         await r.sup.start_task(Embed(task_id="e1", texts=TEXTS))
         assert await _finish(r, "e1") == [TaskStatus.Complete]
-        vectors = _vectors(r.rec, "e1")
+        vectors = sorted(_vectors(r.rec, "e1"), key=lambda v: v.index)
         assert [v.index for v in vectors] == list(range(len(TEXTS)))
         assert {v.dim for v in vectors} == {MINILM_DIM}
         assert {len(v.vector) for v in vectors} == {4 * MINILM_DIM}
@@ -265,6 +265,9 @@ async def test_embed_through_supervisor_matches_sentence_transformers(reference:
         assert len(_vectors(r.rec, "last")) < 3000
     assert r.rec.failures() == [], f"load took {load_s:.1f}s"
     assert r.sup.exit_code == 0
+    # No named semaphore of the runner's left behind (its libraries make some; it
+    # ends with os._exit, so they would outlive it). Those names carry the pid.
+    assert not [n for n in os.listdir("/dev/shm") if f"-{r.sup.pid}-" in n]
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
@@ -301,15 +304,14 @@ async def test_injected_failing_device_fails_runner_with_its_cause() -> None:
     failures = r.rec.failures()
     assert len(failures) == 1
     assert CUDA_FAULT in failures[0].error_message
-    if HAS_PROBE_SCHEDULER:
-        # A broken device is not debounced: the first scheduled probe fails it.
-        assert failures[0].reason == "probe_failed"
-        assert failures[0].detected_by == "probe"
-    else:
-        assert failures[0].reason == "crashed"
+    # A broken device is not debounced: the first scheduled probe fails the runner
+    # (the manual probe above only reported it: probes that are not the scheduler's
+    # are ordinary tasks).
+    assert failures[0].reason == "probe_failed"
+    assert failures[0].detected_by == "probe"
+    assert failures[0].error_message.startswith(proto.DEVICE_UNHEALTHY)
 
 
-@pytest.mark.skipif(not HAS_PROBE_SCHEDULER, reason="needs the supervisor's probe scheduler")
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_probe_that_stops_answering_fails_runner_after_debounce() -> None:
     config = SupervisorConfig(probe_interval=0.5, probe_timeout=1, probe_failures=2)
@@ -324,7 +326,11 @@ async def test_probe_that_stops_answering_fails_runner_after_debounce() -> None:
     assert failures[0].detected_by == "probe"
     # one answered probe, then two unanswered probe_timeouts: not before ~2.5 s
     assert r.rec.failure_time() - ready_at >= 2.0
-    assert "probe 2: hanging" in "\n".join(failures[0].diagnostics)
+    assert "unanswered" in failures[0].error_message
+    # the stack dump taken before the kill shows where it hung
+    assert any(
+        "engines_minilm.py" in line and "in probe" in line for line in failures[0].diagnostics
+    )
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

@@ -15,6 +15,7 @@ import importlib
 import math
 import os
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -218,6 +219,7 @@ class MiniLMEngine(Engine):
 
         ctx.report_progress(0.25, "importing sentence-transformers")
         ctx.extend_deadline(LONG_STEP)
+        _thread_lock_for_progress_bars()
         import sentence_transformers
 
         with contextlib.suppress(Exception):  # cosmetic: quiet the weights progress bar
@@ -267,19 +269,22 @@ class MiniLMEngine(Engine):
             raise TaskError(f"device unhealthy: {self.health.failure}")
         model_dim = self.dim or MINILM_DIM
         tid = task.task_id
-        for start in range(0, len(texts), self.batch_size):
+        # Longest first, as sentence-transformers does: batches of similar length pad
+        # little (unsorted batches of mixed lengths cost up to 2x here), and the
+        # biggest batch runs first. Vectors therefore arrive out of order: `index`
+        # says which text each one belongs to.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        for start in range(0, len(order), self.batch_size):
             if ctx.cancelled():
                 return  # the runner reports Cancelled
-            batch = texts[start : start + self.batch_size]
+            indices = order[start : start + self.batch_size]
             try:
-                out = self._encode(batch)
+                out = self._encode([texts[i] for i in indices])
             except Exception as exc:
                 self._note_device_error(exc)
                 raise  # a failed forward leaves the engine in an unknown state: crash
-            for offset, row in enumerate(out):
-                ctx.emit(
-                    EmbeddingGenerated(tid, start + offset, model_dim, row.astype("<f4").tobytes())
-                )
+            for index, row in zip(indices, out, strict=True):
+                ctx.emit(EmbeddingGenerated(tid, index, model_dim, row.astype("<f4").tobytes()))
             ctx.tick()
 
     def _validate(self, task: Embed) -> tuple[str, ...]:
@@ -367,6 +372,20 @@ class MiniLMEngine(Engine):
     def close(self) -> None:
         self._model = None
         self._reference = None
+
+
+def _thread_lock_for_progress_bars() -> None:
+    """Give tqdm a thread lock before anything makes a progress bar.
+
+    tqdm's default lock includes a ``multiprocessing.RLock``: a named semaphore that a
+    spawned runner registers with its host's resource tracker. The runner ends with
+    ``os._exit`` and never unregisters it, so each incarnation would leave one in
+    /dev/shm until the host exits. A runner's progress bars are single-process.
+    """
+    with contextlib.suppress(ImportError):
+        import tqdm
+
+        tqdm.tqdm.set_lock(threading.RLock())
 
 
 def _end_long_steps(ctx: EngineContext) -> None:
