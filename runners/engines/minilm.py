@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from runners.engines.base import Engine, EngineContext, TaskError
-from supervisor.protocol import BaseTask, Embed, EmbeddingGenerated, Generate
+from supervisor.protocol import DEVICE_UNHEALTHY, BaseTask, Embed, EmbeddingGenerated, Generate
 
 #: Dimension of all-MiniLM-L6-v2's sentence embeddings.
 MINILM_DIM = 384
@@ -266,7 +266,7 @@ class MiniLMEngine(Engine):
             raise TaskError(f"engine 'minilm' does not support {type(task).__name__}")
         texts = self._validate(task)
         if self.health.failure is not None:
-            raise TaskError(f"device unhealthy: {self.health.failure}")
+            raise TaskError(f"{DEVICE_UNHEALTHY}: {self.health.failure}")
         model_dim = self.dim or MINILM_DIM
         tid = task.task_id
         # Longest first, as sentence-transformers does: batches of similar length pad
