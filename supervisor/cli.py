@@ -21,7 +21,7 @@ from typing import Any
 
 from supervisor.cli_input import InputError, parse_line, prompt_tasks, read_lines
 from supervisor.config import RunnerSpec, SupervisorConfig
-from supervisor.protocol import BaseTask
+from supervisor.protocol import BaseTask, Embed
 
 PROG = "runner-supervisor"
 
@@ -323,15 +323,34 @@ def spec_from_args(args: argparse.Namespace) -> RunnerSpec:
 async def task_source(
     args: argparse.Namespace, config: SupervisorConfig, stdin_fd: int = 0
 ) -> AsyncIterator[tuple[int | None, BaseTask | InputError]]:
-    """Positional prompts first, then (with ``--stdin``) the lines of stdin."""
-    for task in prompt_tasks(args.prompts, max_tokens=args.max_tokens):
-        yield None, task
+    """Positional prompts first, then (with ``--stdin``) the lines of stdin.
+
+    For an embeddings-only engine (``--engine minilm``) the prompts become one
+    ``Embed`` task over all of them instead of one ``Generate`` each.
+    """
+    if args.prompts and embeds_only(args.engine):
+        yield None, Embed(task_id="embed-1", texts=tuple(args.prompts))
+    else:
+        for task in prompt_tasks(args.prompts, max_tokens=args.max_tokens):
+            yield None, task
     if args.stdin:
         async for line, text in read_lines(stdin_fd, max_line=config.max_task_bytes):
             if text is None:
                 yield line, InputError(line, f"line longer than {config.max_task_bytes} bytes")
             else:
                 yield line, parse_line(text, line=line, max_tokens=args.max_tokens)
+
+
+def embeds_only(engine: str) -> bool:
+    """True if ``engine`` serves Embed tasks and does not generate text."""
+    from runners.engines import resolve_engine
+
+    try:
+        factory = resolve_engine(engine)
+    except Exception:  # noqa: BLE001 - the runner will report a bad engine properly
+        return False
+    kinds = getattr(factory, "task_kinds", ())
+    return Embed in kinds and not getattr(factory, "generates_text", True)
 
 
 def configure_logging(args: argparse.Namespace) -> None:

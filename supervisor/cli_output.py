@@ -131,6 +131,7 @@ class HumanOutput(Output):
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__(stream)
         self._open_line: str | None = None  # task whose text is mid-line on stdout
+        self._embedded: dict[str, tuple[int, int]] = {}  # task -> (vectors, dim)
 
     def _end_line(self) -> None:
         if self._open_line is not None:
@@ -150,6 +151,9 @@ class HumanOutput(Output):
             if event.status.terminal:
                 if event.task_id == self._open_line:
                     self._end_line()
+                shape = self._embedded.pop(event.task_id, None)
+                if shape is not None and event.status is TaskStatus.Complete:
+                    self._write(f"[{event.task_id}] embeddings: {shape[0]} x {shape[1]}\n")
                 if event.status is TaskStatus.Complete:
                     logger.debug("task {} complete", event.task_id)
                 else:
@@ -176,6 +180,8 @@ class HumanOutput(Output):
                 logger.debug("runner {} -> {}", event.runner_id, type(status).__name__)
         elif isinstance(event, EmbeddingGenerated):
             self._end_line()
+            count, _ = self._embedded.get(event.task_id, (0, event.dim))
+            self._embedded[event.task_id] = (count + 1, event.dim)
             head = ", ".join(f"{x:.4f}" for x in floats_from_bytes(event.vector)[:4])
             self._write(f"[{event.task_id}#{event.index}] dim={event.dim} [{head}, ...]\n")
         elif isinstance(event, LoadProgress):

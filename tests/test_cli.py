@@ -542,3 +542,11 @@ def test_python_dash_m_supervisor_runs_the_cli() -> None:
     assert records[0]["type"] == "RunnerStarted"
     assert [r["text"] for r in records if r["type"] == "ChunkGenerated"] == ["hi ", "there "]
     assert records[-1]["type"] == "RunFinished"
+
+
+def test_embedding_engines_get_one_embed_task_for_the_prompts() -> None:
+    from supervisor.cli import embeds_only
+
+    assert embeds_only("minilm")  # no torch import needed to know
+    assert not embeds_only("echo")
+    assert not embeds_only("no.such.module:Engine")

@@ -345,3 +345,35 @@ async def test_missing_cuda_fails_the_runner_with_a_clear_cause() -> None:
     assert failures[0].reason == "crashed"
     assert "no usable CUDA device" in failures[0].error_message
     assert r.rec.terminal("load") == [TaskStatus.Failed]
+
+
+@pytest.mark.slow
+def test_cli_embeds_prompts_as_json() -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "supervisor",
+            "run",
+            "--engine",
+            "minilm",
+            "--json",
+            "--engine-option",
+            "num_threads=1",
+            "first text",
+            "second text",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    vectors = [r for r in records if r["type"] == "EmbeddingGenerated"]
+    assert sorted(v["index"] for v in vectors) == [0, 1]
+    assert all(v["dim"] == 384 and len(v["vector"]) == 384 for v in vectors)

@@ -44,6 +44,8 @@ class Engine:
     name = "base"
     #: Task kinds beyond the built-in ones that `run_task` handles.
     task_kinds: tuple[type[BaseTask], ...] = ()
+    #: False for engines that refuse Generate (embedding models).
+    generates_text: bool = True
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         self.options = dict(options)

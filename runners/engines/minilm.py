@@ -155,6 +155,7 @@ class MiniLMEngine(Engine):
 
     name = "minilm"
     task_kinds: tuple[type[BaseTask], ...] = (Embed,)
+    generates_text = False
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         unknown = sorted(set(options) - set(_OPTIONS))
