@@ -14,7 +14,7 @@ from functools import partial
 import anyio
 
 from bench.common import Mode, fleet, progress, run_async
-from bench.report import Row, Section, Stats, fmt
+from bench.report import Row, Section, Stats, fmt, ratio
 from supervisor import RunnerSpec, SupervisorConfig
 from supervisor.config import StartMethod
 
@@ -53,12 +53,16 @@ def run(mode: Mode) -> Section:
         total, detect = run_async(mode, partial(restarts, method, reps))
         st = Stats.of(total, "s")
         medians[method] = st.median
+        vs = ""
+        if method != METHODS[0]:
+            vs = "vs spawn: " + ratio(st.median, medians[METHODS[0]], "s").removeprefix("ours ")
         s.add(
             Row(
                 bench,
                 f"ours, {method}",
                 "s",
                 st,
+                ratio=vs,
                 target=f"p50 <= {TARGET_P50 * 1e3:g} ms",
                 met=st.median <= TARGET_P50,
             )

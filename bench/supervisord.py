@@ -18,10 +18,12 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from functools import partial
 from operator import contains
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".bench-venv"
@@ -187,12 +189,17 @@ def running(exe: Path, programs: int) -> Iterator[Peer]:
         try:
             yield Peer(proc, events, d / "supervisord.log")
         finally:
-            proc.send_signal(signal.SIGTERM)
+            # SIGKILL supervisord and its children (each leads its own process group):
+            # a graceful stop costs a second per supervisord (its loop wakes once a second).
             try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                family = psutil.Process(proc.pid).children(recursive=True)
+            except psutil.Error:
+                family = []
+            proc.kill()
+            proc.wait()
+            for child in family:  # now orphans: init reaps them
+                with suppress(psutil.Error):
+                    child.kill()
 
 
 def kill_latencies(exe: Path, instances: int, rounds: int) -> tuple[list[float], list[float]]:
