@@ -132,7 +132,7 @@ def run(mode: Mode) -> Section:
         s.add(
             Row(
                 bench,
-                f"baseline: {version}: listener notified",
+                f"baseline: supervisord {version}: listener notified",
                 "s",
                 sv,
                 ratio(st.median, sv.median, "s"),
@@ -142,7 +142,7 @@ def run(mode: Mode) -> Section:
         s.add(
             Row(
                 bench,
-                f"baseline: {version}: reaped (its log)",
+                f"baseline: supervisord {version}: reaped (its log)",
                 "s",
                 sr,
                 ratio(st.median, sr.median, "s"),
@@ -154,8 +154,8 @@ def run(mode: Mode) -> Section:
         "SIGKILLed from outside; from the kill to the host receiving the RunnerFailed status. "
         f"First detector: {seen}. Extra RunnerFailed reports: {extra} (must be 0).",
         "The kernel's share is measured on the same kills: a pidfd of the runner, awaited "
-        "in the same loop, becomes readable when the process has exited (a 40 MB Python "
-        "process takes milliseconds to tear down on a busy machine). The supervisor's own "
+        "in the same loop, becomes readable when the process has exited (a Python process "
+        "takes milliseconds to tear down on a busy machine). The supervisor's own "
         f"share (RunnerFailed received minus pidfd readable): median {fmt(own.median, 's')}, "
         f"p99 {fmt(own.tail, 's')}.",
         f"1 s is_alive poll: {reps} plain spawned children, each polled every second by its "
