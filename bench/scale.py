@@ -1,0 +1,204 @@
+"""Scale: 1, 16 and 64 runners in one event loop (one host process).
+
+- idle CPU of the host process while every runner is Ready and idle, as % of one core
+  (CLOCK_PROCESS_CPUTIME_ID, all threads, nanosecond resolution; psutil's cpu_times
+  count 10 ms ticks, too coarse for a 1% target over a few seconds), sampled over
+  1 s windows. Baseline: the same number of plain child processes (``sleep``), each
+  polled with ``Popen.poll()`` every second by its own task, exo-style.
+- SIGKILL detection latency of one runner while all the others stream tokens
+  (echo engine, token_delay 0.01: 100 tokens/s each).
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import time
+from dataclasses import dataclass, field
+from functools import partial
+
+import anyio
+import psutil
+
+from bench.common import Mode, Watched, fleet, progress, run_async
+from bench.report import Row, Section, Stats, fmt, ratio
+from supervisor import RunnerSpec, SupervisorConfig
+from supervisor.protocol import Generate
+
+SIZES = (1, 16, 64)
+IDLE_TARGET = 1.0  # % of one core, at 64 runners
+DEATH_TARGET = 0.020
+TOKEN_DELAY = 0.01
+#: enough for 60 s of streaming; the echo engine builds its token list up front
+STREAM_TOKENS = 6000
+
+
+@dataclass
+class Point:
+    n: int
+    idle: list[float] = field(default_factory=list)
+    baseline_idle: list[float] = field(default_factory=list)
+    runners_cpu: float = 0.0  # % of one core, all runner processes together, idle
+    detect: list[float] = field(default_factory=list)
+    kernel: list[float] = field(default_factory=list)
+    streamed: int = 0
+    startup: float = 0.0
+
+
+async def cpu_percent(seconds: int) -> list[float]:
+    """This process's CPU use over ``seconds`` 1-second windows, in % of one core."""
+    out: list[float] = []
+    for _ in range(seconds):
+        c0, w0 = time.process_time(), time.monotonic()
+        await anyio.sleep(1.0)
+        out.append(100 * (time.process_time() - c0) / (time.monotonic() - w0))
+    return out
+
+
+def _children_cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
+async def ours(point: Point, seconds: int, victims: int) -> None:
+    rng = random.Random(5)
+    spec = RunnerSpec(engine="echo", options={"token_delay": TOKEN_DELAY})
+    config = SupervisorConfig()
+    async with fleet() as f:
+        t0 = time.monotonic()
+        members = await f.spawn_ready(point.n, spec, config)
+        point.startup = time.monotonic() - t0
+        await anyio.sleep(1.0)  # let start-up work (imports, first samples) pass
+        pids = [w.pid for w in members]
+        r0, w0 = _children_cpu(pids), time.monotonic()
+        point.idle = await cpu_percent(seconds)
+        point.runners_cpu = 100 * (_children_cpu(pids) - r0) / (time.monotonic() - w0)
+
+        doomed, streamers = members[:victims], members[victims:]
+        for i, w in enumerate(streamers):
+            task = Generate(task_id=f"stream-{i}", prompt="x", max_tokens=STREAM_TOKENS)
+            await w.sup.start_task(task)
+        await anyio.sleep(0.5)
+        before = sum(w.chunks for w in streamers)
+        for w in doomed:
+            await anyio.sleep(rng.uniform(0.02, 0.1))
+            seen, exited = await w.kill_and_time()
+            point.detect.append(seen)
+            point.kernel.append(exited)
+        point.streamed = sum(w.chunks for w in streamers) - before
+        _check_alive(streamers)
+
+
+def _check_alive(streamers: list[Watched]) -> None:
+    broken = [w.sup.runner_id for w in streamers if w.failure is not None]
+    if broken:
+        raise RuntimeError(f"streaming runners failed during the benchmark: {broken}")
+
+
+async def baseline(point: Point, seconds: int) -> None:
+    """``n`` plain children, each polled every second by its own task."""
+    children = [subprocess.Popen(["sleep", "1000"]) for _ in range(point.n)]  # noqa: ASYNC220
+
+    async def poll(child: subprocess.Popen[bytes]) -> None:
+        while child.poll() is None:  # noqa: ASYNC110 - the 1 s poll is the baseline
+            await anyio.sleep(1.0)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for child in children:
+                tg.start_soon(poll, child)
+            await anyio.sleep(1.0)
+            point.baseline_idle = await cpu_percent(seconds)
+            tg.cancel_scope.cancel()
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+
+
+def _victims(mode: Mode, n: int) -> int:
+    if n == 1:
+        return 1
+    return mode.pick(4, 16) if n >= 64 else mode.pick(3, 8)
+
+
+def run(mode: Mode) -> Section:
+    seconds = mode.pick(3, 20)
+    s = Section("Scale (runners in one event loop)")
+    points: list[Point] = []
+    for n in SIZES:
+        victims = _victims(mode, n)
+        point = Point(n)
+        progress(f"scale: {n} runners: start, {seconds} s idle, {victims} kill(s) while streaming")
+        run_async(mode, partial(ours, point, seconds, victims))
+        progress(f"scale: {n} plain children polled every 1 s (baseline), {seconds} s idle")
+        run_async(mode, partial(baseline, point, seconds))
+        points.append(point)
+        _rows(s, point, victims)
+    s.notes += [
+        f"Idle CPU over {seconds} windows of 1 s after every runner is Ready, default "
+        "SupervisorConfig (is_alive poll and resource sample every 1 s, heartbeat check every "
+        "0.5 s, progress check every 0.25 s per runner). The runners' own idle CPU (their "
+        "heartbeat threads), all together, for scale: "
+        + ", ".join(f"{p.n}: {fmt(p.runners_cpu, '%')}" for p in points)
+        + " of a core.",
+        "Start-up (spawn + LoadModel + Warmup of all runners at once): "
+        + ", ".join(f"{p.n}: {fmt(p.startup, 's')}" for p in points)
+        + ".",
+        f"Detection while streaming: the other runners stream echo tokens every "
+        f"{TOKEN_DELAY * 1e3:g} ms; chunks the host received from them during the kills: "
+        + ", ".join(f"{p.n}: {p.streamed:,}" for p in points)
+        + ". The 'limit' rows are the same kills seen by a pidfd of the victim (the kernel "
+        "saying it has exited): on a machine with more runnable processes than cores, the "
+        "dying runner waits for a CPU to finish exiting, and no supervisor can see it sooner.",
+    ]
+    return s
+
+
+def _rows(s: Section, point: Point, victims: int) -> None:
+    n = point.n
+    plural = "s" if n > 1 else ""
+    idle = Stats.of(point.idle, "%")
+    base = Stats.of(point.baseline_idle, "%")
+    bench = f"scale: {n} runner{plural}, idle host CPU"
+    at_target = n == 64
+    s.add(
+        Row(
+            bench,
+            "ours",
+            "%",
+            idle,
+            target=f"<= {IDLE_TARGET:g}% of a core" if at_target else "",
+            met=idle.median <= IDLE_TARGET if at_target else None,
+        )
+    )
+    s.add(
+        Row(
+            bench,
+            "baseline: 1 s Popen.poll() per child",
+            "%",
+            base,
+            ratio(idle.median, base.median, "%"),
+        )
+    )
+    d = Stats.of(point.detect, "s")
+    k = Stats.of(point.kernel, "s")
+    bench = f"scale: {n} runner{plural}, SIGKILL -> RunnerFailed"
+    others = f"{n - victims} streaming" if n > victims else "no others"
+    s.add(
+        Row(
+            bench,
+            f"ours ({others})",
+            "s",
+            d,
+            target=f"p99 <= {DEATH_TARGET * 1e3:g} ms",
+            met=d.tail <= DEATH_TARGET,
+        )
+    )
+    s.add(Row(bench, "limit: kernel says exited (pidfd)", "s", k, ratio(d.median, k.median, "s")))
