@@ -8,7 +8,6 @@ import multiprocessing
 import os
 import signal
 import weakref
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
@@ -18,22 +17,9 @@ from supervisor.channel import ChannelReader, ChannelWriter
 from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.diagnostics import OutputCapture
 from supervisor.shared import SharedState
+from supervisor.spawn_args import BootstrapArgs
 
 _live: weakref.WeakSet[RunnerProcess] = weakref.WeakSet()
-
-
-@dataclass(frozen=True, slots=True)
-class BootstrapArgs:
-    """Everything the runner needs, pickled to the child by multiprocessing."""
-
-    runner_id: str
-    spec: RunnerSpec
-    tasks: Connection
-    events: Connection
-    output: Connection
-    shared: SharedState
-    chaos: bool
-    heartbeat_interval: float
 
 
 def describe_signal(signum: int) -> str:

@@ -676,7 +676,8 @@ class RunnerSupervisor:
         if self.config.dump_stacks and not cause.frozen and cause.reason != "memory_limit":
             # faulthandler in the runner prints every thread's stack on SIGUSR1.
             proc.signal_group(signal.SIGUSR1)
-            await proc.output.drain(0.3)
+            # faulthandler writes from the signal handler at once; 0.15 s is slack.
+            await proc.output.drain(0.15)
             extra.append(f"stack dump requested (SIGUSR1) after: {cause.message}")
         await self._report_failure(
             RunnerFailed(

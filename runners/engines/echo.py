@@ -22,10 +22,13 @@ def _sleep_ticking(seconds: float, ctx: EngineContext) -> None:
             ctx.report_progress(min(1.0, 1 - left / seconds))
 
 
-def echo_tokens(prompt: str, max_tokens: int) -> list[str]:
-    """The echo engine's output: the prompt's words, cycled, one per token."""
-    words = prompt.split() or ["<empty>"]
-    return [f"{words[i % len(words)]} " for i in range(max_tokens)]
+def echo_tokens(prompt: str, max_tokens: int) -> Iterator[str]:
+    """The echo engine's output: the prompt's words, cycled, one per token (lazily:
+    ``max_tokens`` may be huge)."""
+    words = [f"{w} " for w in prompt.split()] or ["<empty> "]
+    n = len(words)
+    for i in range(max_tokens):
+        yield words[i % n]
 
 
 class EchoEngine(Engine):
@@ -63,5 +66,5 @@ class EchoEngine(Engine):
 
     def probe(self, ctx: EngineContext) -> None:
         # Shallow: the main loop answered, and the token path still works.
-        if echo_tokens("probe", 1) != ["probe "]:
+        if list(echo_tokens("probe", 1)) != ["probe "]:
             raise RuntimeError("echo engine produced a wrong probe token")
