@@ -14,6 +14,8 @@ from typing import Literal
 
 import psutil
 
+from supervisor.procfs import ProcReader
+
 #: CPU seconds a stale runner must burn between two checks to count as busy.
 BUSY_CPU_EPSILON = 0.02
 
@@ -37,21 +39,14 @@ class ResourceSample:
     when: float
 
 
-def sample_process(proc: psutil.Process) -> ProcessSample | None:
-    """One cheap reading (two /proc reads, ~60 us); ``None`` if the process is gone."""
-    try:
-        with proc.oneshot():
-            cpu = proc.cpu_times()
-            return ProcessSample(
-                status=proc.status(),
-                cpu_time=cpu.user + cpu.system,
-                rss=proc.memory_info().rss,
-                when=time.monotonic(),
-            )
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+def sample_process(proc: ProcReader) -> ProcessSample | None:
+    """One cheap reading; ``None`` if the process is gone."""
+    stat = proc.stat()
+    if stat is None:
         return None
-    except psutil.AccessDenied:
-        return None
+    return ProcessSample(
+        status=stat[0], cpu_time=stat[1], rss=proc.rss() or 0, when=time.monotonic()
+    )
 
 
 def is_stopped(sample: ProcessSample) -> bool:
@@ -195,30 +190,20 @@ class ProgressMonitor:
 
 
 class ResourceMeter:
-    """RSS every poll (one /proc read), CPU percent every ``cpu_every`` polls.
+    """RSS and CPU percent of a runner, from successive readings."""
 
-    Sixty-four idle supervisors in one loop must cost under 1% of a core, so the
-    per-second reading is kept to the one number a memory limit needs.
-    """
-
-    def __init__(self, proc: psutil.Process, cpu_every: int = 5) -> None:
+    def __init__(self, proc: ProcReader) -> None:
         self._proc = proc
-        self._cpu_every = cpu_every
-        self._count = 0
         self._cpu: tuple[float, float] | None = None
-        self._pct = 0.0
 
     def sample(self) -> ResourceSample | None:
-        try:
-            rss = self._proc.memory_info().rss
-            now = time.monotonic()
-            if self._count % self._cpu_every == 0:
-                cpu = self._proc.cpu_times()
-                total = cpu.user + cpu.system
-                if self._cpu is not None and now > self._cpu[1]:
-                    self._pct = 100.0 * (total - self._cpu[0]) / (now - self._cpu[1])
-                self._cpu = (total, now)
-        except psutil.Error:
+        stat = self._proc.stat()
+        rss = self._proc.rss()
+        if stat is None or rss is None:
             return None
-        self._count += 1
-        return ResourceSample(rss=rss, cpu_percent=self._pct, when=now)
+        now = time.monotonic()
+        pct = 0.0
+        if self._cpu is not None and now > self._cpu[1]:
+            pct = 100.0 * (stat[1] - self._cpu[0]) / (now - self._cpu[1])
+        self._cpu = (stat[1], now)
+        return ResourceSample(rss=rss, cpu_percent=pct, when=now)

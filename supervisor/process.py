@@ -16,6 +16,7 @@ import anyio
 from supervisor.channel import ChannelReader, ChannelWriter
 from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.diagnostics import OutputCapture
+from supervisor.procfs import ProcReader
 from supervisor.shared import SharedState
 from supervisor.spawn_args import BootstrapArgs
 
@@ -57,6 +58,7 @@ class RunnerProcess:
         self.pid: int = pid
         self.sentinel: int = process.sentinel
         self.signals_sent: list[int] = []
+        self.reader = ProcReader(pid)
         self._reaped = False
         _live.add(self)
 
@@ -168,6 +170,7 @@ class RunnerProcess:
         self.events.close()
         self.tasks.close()
         self.output.close()
+        self.reader.close()
         if self.exitcode is not None:
             anyio_notify_closing(self.sentinel)
             self.process.close()

@@ -137,12 +137,7 @@ class RunnerSupervisor:
         self.failed_at: float | None = None
         self.exit_code: int | None = None
         self._hb_seen: tuple[float, float] = (0.0, time.monotonic())
-        self._psutil: psutil.Process | None = None
-        try:
-            self._psutil = psutil.Process(proc.pid)
-        except psutil.Error:
-            self._psutil = None
-        self._meter = ResourceMeter(self._psutil) if self._psutil is not None else None
+        self._meter = ResourceMeter(proc.reader)
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -370,22 +365,21 @@ class RunnerSupervisor:
             if not self._proc.is_alive():
                 self._end(_EndCause(detected_by="poll"))
                 return
-            if self._meter is not None:
-                sample = self._meter.sample()
-                if sample is not None:
-                    self.resources = sample
-                    if limit is not None and sample.rss > limit:
-                        self._end(
-                            _EndCause(
-                                detected_by="poll",
-                                reason="memory_limit",
-                                message=(
-                                    f"RSS {sample.rss / 2**20:.0f} MiB exceeds "
-                                    f"memory_limit {limit / 2**20:.0f} MiB"
-                                ),
-                            )
+            sample = self._meter.sample()
+            if sample is not None:
+                self.resources = sample
+                if limit is not None and sample.rss > limit:
+                    self._end(
+                        _EndCause(
+                            detected_by="poll",
+                            reason="memory_limit",
+                            message=(
+                                f"RSS {sample.rss / 2**20:.0f} MiB exceeds "
+                                f"memory_limit {limit / 2**20:.0f} MiB"
+                            ),
                         )
-                        return
+                    )
+                    return
 
     async def _watch_heartbeat(self) -> None:
         cfg = self.config
@@ -398,9 +392,7 @@ class RunnerSupervisor:
             started_at=self.started_at,
         )
         busy_logged = False
-        ps = self._psutil
-        if ps is None:
-            return
+        ps = self._proc.reader
         while True:
             await anyio.sleep(cfg.heartbeat_check_interval)
             now = time.monotonic()
