@@ -6,7 +6,7 @@ repeat of each is kept. Needs the ``minilm`` extra.
 
     python -m bench.embeddings [--quick] [--threads N]
 
-`run` returns rows ``{name, ours, baseline, unit, ratio}`` with ``ratio = ours /
+`measure` returns rows ``{name, ours, baseline, unit, ratio}`` with ``ratio = ours /
 baseline`` (higher is better for every unit here).
 """
 
@@ -20,6 +20,8 @@ from typing import Any
 
 import anyio
 
+from bench.common import Mode, progress
+from bench.report import Row, Section, Stats, ratio
 from supervisor import RunnerSpec, RunnerSupervisor, SupervisorConfig
 from supervisor.protocol import (
     BaseEvent,
@@ -73,7 +75,7 @@ class _Host:
             raise RuntimeError(f"{task.task_id} ended {self.done[task.task_id]}")
 
 
-def run(quick: bool = False, threads: int = DEFAULT_THREADS) -> list[dict[str, Any]]:
+def measure(quick: bool = False, threads: int = DEFAULT_THREADS) -> list[dict[str, Any]]:
     """Measure and return the rows (see the module docstring)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before sentence-transformers loads
     return anyio.run(_measure, quick, threads)
@@ -182,7 +184,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     args = parser.parse_args()
-    for r in run(args.quick, args.threads):
+    for r in measure(args.quick, args.threads):
         print(
             f"{r['name']:<70} ours {r['ours']:>9.2f} {r['unit']:<6} "
             f"baseline {r['baseline']:>9.2f}  ratio {r['ratio']:.3f}"
@@ -191,3 +193,32 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def run(mode: Mode) -> Section:
+    """The embeddings benchmark as a table section (``python -m bench --only embeddings``)."""
+    s = Section("Embeddings (MiniLM)")
+    bench = "embeddings through the supervisor"
+    try:
+        import sentence_transformers  # noqa: F401
+    except ImportError:
+        s.not_measured(bench, "ours vs the model in-process", "/s", "the minilm extra is absent")
+        return s
+    progress("embeddings: MiniLM through the supervisor vs in-process (1 torch thread)")
+    for r in measure(quick=mode.quick):
+        name = f"{r['name']} [{r['unit']}]"
+        s.add(Row(name, "ours: through RunnerSupervisor", "/s", Stats.of([r["ours"]], "/s")))
+        s.add(
+            Row(
+                name,
+                "baseline: model called in-process",
+                "/s",
+                Stats.of([r["baseline"]], "/s"),
+                ratio(r["ours"], r["baseline"], "/s"),
+            )
+        )
+    s.notes.append(
+        "Embeddings: best of the alternating runs of each side, 1 torch thread, same process "
+        "run; the supervisor's cost is the pipe and the event per vector."
+    )
+    return s
