@@ -223,8 +223,8 @@ async def serve_health(
     source: HealthSource,
     host: str = "127.0.0.1",
     port: int = 0,
-    *,
     metrics: SupervisorMetrics | None = None,
+    *,
     task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the health endpoints for ``source`` until cancelled.

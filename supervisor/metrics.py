@@ -144,8 +144,13 @@ class SupervisorMetrics:
 
     def watch(self, source: HealthSource) -> None:
         """Export ``source``'s live gauges and count what happens to it from now on."""
-        self._sources.append(source)
+        self.watch_live(source)
         source.add_observer(self)
+
+    def watch_live(self, source: HealthSource) -> None:
+        """Export ``source``'s live gauges only (when this object was already given to
+        the supervisor as an observer at construction)."""
+        self._sources.append(source)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
