@@ -300,6 +300,9 @@ class RestartingSupervisor:
                 try:
                     await sup.start_task(task)
                 except RunnerFailedError:
+                    if not self.policy.requeue_unacknowledged:
+                        inc.unacked.discard(tid)
+                        raise
                     try:
                         await inc.settled.wait()  # until the pump saw all its events
                     finally:
@@ -498,7 +501,12 @@ class RestartingSupervisor:
                 inc.requeued.add(tid)
                 return False
             if tid in inc.startup_ids:
-                if event.status is not TaskStatus.Complete and inc.failure is None:
+                if (
+                    event.status is not TaskStatus.Complete
+                    and inc.failure is None
+                    and not self._stopping
+                    and not inc.host_shutdown
+                ):
                     logger.error(
                         "runner {}: start-up task {} ended {} ({}); replacing the runner",
                         self.runner_id,

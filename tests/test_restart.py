@@ -22,6 +22,7 @@ from supervisor.protocol import (
     LoadModel,
     RunnerFailed,
     RunnerStatusUpdated,
+    Shutdown,
     TaskStatus,
 )
 from tests.restart_harness import ready_count, restarting
@@ -230,3 +231,51 @@ async def test_start_task_gives_up_waiting_after_within() -> None:
             await r.sup.start_task(Generate(task_id="g", prompt="x"), within=0.3)
         assert time.monotonic() - t0 < 5
         assert r.sup.phase == "loading"
+
+
+async def test_shutdown_during_backoff_stops_at_once() -> None:
+    policy = RestartPolicy(backoff_base=30.0, jitter=0.0)
+    async with restarting(policy=policy) as r:
+        await r.ready()
+        os.kill(r.sup.pid or 0, signal.SIGKILL)
+        await r.rec.wait_for(lambda: bool(r.rec.of(RunnerRestarting)))
+        assert r.sup.phase == "restarting"
+        assert 28 < (r.sup.retry_after or 0) <= 30
+        t0 = time.monotonic()
+        r.sup.shutdown()
+        with anyio.fail_after(5):
+            await r.sup.wait_finished()
+        assert time.monotonic() - t0 < 5
+    assert r.sup.incarnation == 1
+    assert r.sup.phase == "stopped"
+    assert r.rec.of(SupervisorGaveUp) == []
+
+
+async def test_shutdown_while_loading_is_graceful_not_a_failure() -> None:
+    spec = RunnerSpec(engine="echo", options={"load_time": 0.5})
+    async with restarting(spec) as r:
+        await r.rec.wait_for(lambda: r.sup.phase == "loading")
+        r.sup.shutdown()
+        with anyio.fail_after(15):
+            await r.sup.wait_finished()
+    assert r.rec.failures() == []
+    assert r.sup.incarnation == 1
+    assert r.sup.current is not None
+    assert r.sup.current.exit_code == 0
+
+
+@pytest.mark.parametrize(("mode", "restarted"), [("on-failure", False), ("always", True)])
+async def test_clean_exit_restarts_only_in_always_mode(mode: str, restarted: bool) -> None:
+    policy = RestartPolicy(mode=mode, backoff_base=0.0)  # type: ignore[arg-type]
+    async with restarting(policy=policy) as r:
+        await r.ready()
+        await r.sup.start_task(Shutdown(task_id="host-stop"))
+        if restarted:
+            await r.ready(count=2)
+            assert r.sup.incarnation == 2
+        else:
+            with anyio.fail_after(15):
+                await r.sup.wait_finished()
+            assert r.sup.phase == "stopped"
+    assert r.rec.failures() == []
+    assert len(r.rec.of(RunnerRestarting)) == (1 if restarted else 0)
