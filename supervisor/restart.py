@@ -116,6 +116,18 @@ class _Incarnation:
         self.settled = anyio.Event()  # every event of this incarnation went through
 
 
+class _Spare:
+    """A runner process started ahead of need (``policy.prespawn``), Idle, watched."""
+
+    __slots__ = ("adopted", "done", "recv", "sup")
+
+    def __init__(self, sup: RunnerSupervisor, recv: MemoryObjectReceiveStream[BaseEvent]) -> None:
+        self.sup = sup
+        self.recv = recv  # its events wait here until it is adopted
+        self.done = anyio.Event()
+        self.adopted = False
+
+
 class RestartingSupervisor:
     """Keeps one runner id served by restarting its runner process under a `RestartPolicy`."""
 
@@ -147,6 +159,9 @@ class RestartingSupervisor:
         self._host_gone = False
         self._changed: anyio.Event | None = None
         self._stop_event: anyio.Event | None = None
+        self._spare: _Spare | None = None
+        self._spare_tg: anyio.abc.TaskGroup | None = None
+        self._spare_scope: anyio.CancelScope | None = None
 
     # ---------------------------------------------------------------- read-only
     @property
@@ -163,6 +178,12 @@ class RestartingSupervisor:
         """The current incarnation's one-shot supervisor (None between incarnations)."""
         inc = self._current
         return None if inc is None else inc.sup
+
+    @property
+    def spare_pid(self) -> int | None:
+        """The pre-started spare runner's pid (``policy.prespawn``), if one is waiting."""
+        spare = self._spare
+        return None if spare is None or spare.done.is_set() else spare.sup.pid
 
     @property
     def pid(self) -> int | None:
@@ -348,6 +369,7 @@ class RestartingSupervisor:
             sup = self.current
             if sup is not None and not sup.finished:
                 sup.shutdown()
+            self._retire_spare()
             self._notify()
         return _DONE
 
@@ -360,50 +382,64 @@ class RestartingSupervisor:
         self._stop_event = anyio.Event()
         if self._stopping:
             self._stop_event.set()
-        number = 0
         try:
-            while not self._stopping:
-                number += 1
-                inc = _Incarnation(
-                    number, (f"{self.runner_id}:load:{number}", f"{self.runner_id}:warmup:{number}")
-                )
-                self._current = inc
-                self._restart_at = None
-                self._notify()
-                await self._run_incarnation(inc)
-                decision = self._decide(inc)
-                if self._stopping or isinstance(decision, Stop):
-                    break
-                if isinstance(decision, GiveUp):
-                    logger.error("runner {}: giving up: {}", self.runner_id, decision.reason)
-                    for obs in self._observers:
-                        obs.on_gave_up(self.runner_id, decision.reason)
-                    await self._emit(
-                        SupervisorGaveUp(
-                            self.runner_id, decision.reason, self.restarts, self._last_failure
-                        )
-                    )
-                    break
-                logger.info(
-                    "runner {}: restart {} in {:.3f}s",
-                    self.runner_id,
-                    decision.attempt,
-                    decision.delay,
-                )
-                for obs in self._observers:
-                    obs.on_restart(self.runner_id, number + 1, decision.delay)
-                self._restart_at = time.monotonic() + decision.delay
-                await self._emit(
-                    RunnerRestarting(self.runner_id, number + 1, decision.delay, self.restarts)
-                )
-                self._notify()
-                if decision.delay > 0:
-                    with anyio.move_on_after(decision.delay):
-                        await self._stop_event.wait()
+            async with anyio.create_task_group() as spare_tg:
+                self._spare_tg = spare_tg
+                if self.policy.prespawn:
+                    spare_tg.start_soon(self._keep_spare)
+                try:
+                    await self._incarnations()
+                finally:
+                    self._retire_spare()
+                    if self._spare_scope is not None:
+                        self._spare_scope.cancel()
         finally:
             self._restart_at = None
             self._finished = True
             self._notify()
+
+    async def _incarnations(self) -> None:
+        """The restart loop."""
+        number = 0
+        while not self._stopping:
+            number += 1
+            inc = _Incarnation(
+                number, (f"{self.runner_id}:load:{number}", f"{self.runner_id}:warmup:{number}")
+            )
+            self._current = inc
+            self._restart_at = None
+            self._notify()
+            await self._run_incarnation(inc)
+            decision = self._decide(inc)
+            if self._stopping or isinstance(decision, Stop):
+                break
+            if isinstance(decision, GiveUp):
+                logger.error("runner {}: giving up: {}", self.runner_id, decision.reason)
+                for obs in self._observers:
+                    obs.on_gave_up(self.runner_id, decision.reason)
+                await self._emit(
+                    SupervisorGaveUp(
+                        self.runner_id, decision.reason, self.restarts, self._last_failure
+                    )
+                )
+                break
+            logger.info(
+                "runner {}: restart {} in {:.3f}s",
+                self.runner_id,
+                decision.attempt,
+                decision.delay,
+            )
+            for obs in self._observers:
+                obs.on_restart(self.runner_id, number + 1, decision.delay)
+            self._restart_at = time.monotonic() + decision.delay
+            await self._emit(
+                RunnerRestarting(self.runner_id, number + 1, decision.delay, self.restarts)
+            )
+            self._notify()
+            if decision.delay > 0:
+                assert self._stop_event is not None
+                with anyio.move_on_after(decision.delay):
+                    await self._stop_event.wait()
 
     def _decide(self, inc: _Incarnation) -> Decision:
         """Once per incarnation: at its failure (so that the requeue choice is known
@@ -422,42 +458,109 @@ class RestartingSupervisor:
         return inc.decision
 
     async def _run_incarnation(self, inc: _Incarnation) -> None:
-        send, recv = anyio.create_memory_object_stream[BaseEvent](math.inf)
-        try:
-            sup = RunnerSupervisor.create(
-                spec=self.spec, event_sender=send, config=self.config, runner_id=self.runner_id
-            )
-        except Exception as exc:  # noqa: BLE001 - a spawn failure is this incarnation's failure
-            send.close()
-            recv.close()
-            failure = RunnerFailed(
-                reason="crashed",
-                error_message=f"could not start the runner: {type(exc).__name__}: {exc}",
-                detected_by="channel",
-            )
-            self._record_failure(inc, failure, None)
-            await self._emit(RunnerStatusUpdated(self.runner_id, failure))
-            inc.settled.set()
-            return
-        inc.sup = sup
+        launched = self._adopt_spare()
+        if launched is None:
+            try:
+                launched = self._launch()
+            except Exception as exc:  # noqa: BLE001 - a spawn failure is this incarnation's failure
+                logger.opt(exception=exc).error(
+                    "runner {}: could not start the runner", self.runner_id
+                )
+                failure = RunnerFailed(
+                    reason="crashed",
+                    error_message=f"could not start the runner: {type(exc).__name__}: {exc}",
+                    detected_by="channel",
+                )
+                self._record_failure(inc, failure, None)
+                await self._emit(RunnerStatusUpdated(self.runner_id, failure))
+                inc.settled.set()
+                return
+        launched.adopted = True
+        sup = inc.sup = launched.sup
         if self._stopping:
             sup.shutdown()
         pidfd = _open_pidfd(sup.pid)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._pump, inc, recv)
+                tg.start_soon(self._pump, inc, launched.recv)
                 async with anyio.create_task_group() as side:
                     if pidfd is not None:
                         side.start_soon(self._watch_exit, inc, pidfd)
                     side.start_soon(self._drive_startup, inc, sup)
-                    async with send:
-                        await sup.run()
+                    await launched.done.wait()
                     side.cancel_scope.cancel()
         finally:
             if pidfd is not None:
                 os.close(pidfd)
             inc.settled.set()
             self._notify()
+
+    def _launch(self) -> _Spare:
+        """Spawn a runner and start watching it; its events queue until adopted."""
+        assert self._spare_tg is not None
+        send, recv = anyio.create_memory_object_stream[BaseEvent](math.inf)
+        try:
+            sup = RunnerSupervisor.create(
+                spec=self.spec, event_sender=send, config=self.config, runner_id=self.runner_id
+            )
+        except BaseException:
+            send.close()
+            recv.close()
+            raise
+        launched = _Spare(sup, recv)
+
+        async def watch() -> None:
+            try:
+                async with send:
+                    await sup.run()
+            finally:
+                launched.done.set()
+                if not launched.adopted:
+                    recv.close()  # a spare that was never used: its events go nowhere
+                self._notify()
+
+        self._spare_tg.start_soon(watch, name=f"runner {self.runner_id} pid {sup.pid}")
+        return launched
+
+    def _adopt_spare(self) -> _Spare | None:
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        if spare.done.is_set() or spare.sup.finished or spare.sup.failure is not None:
+            logger.warning("runner {}: the spare runner died while waiting", self.runner_id)
+            spare.sup.kill()
+            return None
+        logger.info("runner {}: adopting spare runner pid {}", self.runner_id, spare.sup.pid)
+        return spare
+
+    def _retire_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.sup.shutdown()
+
+    async def _keep_spare(self) -> None:
+        """``policy.prespawn``: once the current incarnation is Ready, start the next
+        runner process and leave it Idle, so a restart skips interpreter start-up."""
+        with anyio.CancelScope() as scope:
+            self._spare_scope = scope
+            while not self._stopping:
+                inc = self._current
+                if self._spare is not None and self._spare.done.is_set():
+                    self._spare = None  # it died while waiting: replace it
+                if (
+                    self._spare is None
+                    and inc is not None
+                    and inc.ready_at is not None
+                    and inc.failure is None
+                ):
+                    try:
+                        self._spare = self._launch()
+                    except Exception as exc:  # noqa: BLE001 - no spare is no failure
+                        logger.opt(exception=exc).warning(
+                            "runner {}: could not start a spare runner", self.runner_id
+                        )
+                        await anyio.sleep(1.0)
+                await self._wait_changed()
 
     async def _watch_exit(self, inc: _Incarnation, pidfd: int) -> None:
         await anyio.wait_readable(pidfd)

@@ -279,3 +279,25 @@ async def test_clean_exit_restarts_only_in_always_mode(mode: str, restarted: boo
             assert r.sup.phase == "stopped"
     assert r.rec.failures() == []
     assert len(r.rec.of(RunnerRestarting)) == (1 if restarted else 0)
+
+
+async def test_prespawned_spare_takes_over_after_a_kill() -> None:
+    policy = RestartPolicy(backoff_base=0.0, prespawn=True)
+    async with restarting(policy=policy) as r:
+        await r.ready()
+        await r.rec.wait_for(lambda: r.sup.spare_pid is not None, within=30)
+        spare = r.sup.spare_pid
+        await anyio.sleep(0.5)  # let the spare finish its own start-up
+        killed_at = time.monotonic()
+        os.kill(r.sup.pid or 0, signal.SIGKILL)
+        await r.ready(count=2)
+        mttr = time.monotonic() - killed_at
+        assert r.sup.pid == spare  # the spare became the new incarnation
+        assert r.sup.incarnation == 2
+        # ... and a new spare is started for the next time.
+        await r.rec.wait_for(lambda: r.sup.spare_pid not in (None, spare), within=30)
+        await r.sup.start_task(Generate(task_id="g", prompt="spare works", max_tokens=2))
+        await r.rec.wait_for(lambda: r.rec.terminal("g") == [TaskStatus.Complete])
+    print(f"SIGKILL -> spare Ready in {mttr * 1000:.0f} ms")
+    assert mttr < 5.0
+    assert len(r.rec.failures()) == 1  # spares that were shut down unused are not failures
