@@ -13,12 +13,34 @@ from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.errors import DuplicateTaskError, RunnerFailedError
 
 if TYPE_CHECKING:
+    from supervisor.health import serve_health
     from supervisor.liveness import ResourceSample
+    from supervisor.metrics import SupervisorMetrics
+    from supervisor.node import RunnerNode, UnknownRunnerError
+    from supervisor.observe import RunnerHealth
+    from supervisor.restart import RestartingSupervisor, RunnerUnavailableError
+    from supervisor.restart_events import RunnerRestarting, SupervisorGaveUp
+    from supervisor.restart_policy import RestartPolicy, RestartTracker
     from supervisor.runner_supervisor import RunnerSupervisor
+    from supervisor.sdnotify import SdNotifier, run_sd_notify
 
 _LAZY = {
     "RunnerSupervisor": "supervisor.runner_supervisor",
     "ResourceSample": "supervisor.liveness",
+    "RestartingSupervisor": "supervisor.restart",
+    "RunnerUnavailableError": "supervisor.restart",
+    "RestartPolicy": "supervisor.restart_policy",
+    "RestartTracker": "supervisor.restart_policy",
+    "RunnerRestarting": "supervisor.restart_events",
+    "SupervisorGaveUp": "supervisor.restart_events",
+    "RunnerNode": "supervisor.node",
+    "UnknownRunnerError": "supervisor.node",
+    "RunnerHealth": "supervisor.observe",
+    # these two need the `health` extra (prometheus-client, h11)
+    "SupervisorMetrics": "supervisor.metrics",
+    "serve_health": "supervisor.health",
+    "SdNotifier": "supervisor.sdnotify",
+    "run_sd_notify": "supervisor.sdnotify",
 }
 
 
@@ -32,8 +54,21 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "DuplicateTaskError",
     "ResourceSample",
+    "RestartPolicy",
+    "RestartTracker",
+    "RestartingSupervisor",
     "RunnerFailedError",
+    "RunnerHealth",
+    "RunnerNode",
+    "RunnerRestarting",
     "RunnerSpec",
     "RunnerSupervisor",
+    "RunnerUnavailableError",
+    "SdNotifier",
     "SupervisorConfig",
+    "SupervisorGaveUp",
+    "SupervisorMetrics",
+    "UnknownRunnerError",
+    "run_sd_notify",
+    "serve_health",
 ]

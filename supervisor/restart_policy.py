@@ -1,0 +1,194 @@
+"""When to restart a runner, how long to wait first, and when to give up.
+
+Pure arithmetic over timestamps, apart from the event loop, so that backoff growth,
+backoff reset, restart intensity and crash-loop detection can be tested directly.
+`RestartingSupervisor` feeds it the moments a runner became Ready and ended.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+RestartMode: TypeAlias = Literal["never", "on-failure", "always"]
+RESTART_MODES: tuple[RestartMode, ...] = ("never", "on-failure", "always")
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """How a `RestartingSupervisor` reacts when an incarnation ends.
+
+    ``mode``: ``never`` (one incarnation), ``on-failure`` (restart after a
+    `RunnerFailed`), ``always`` (also after a clean exit the supervisor did not ask
+    for, like systemd's ``Restart=always``). A stop requested through
+    ``shutdown()`` is never restarted.
+
+    Backoff before restart *k* (k consecutive failures so far) is
+    ``min(backoff_cap, backoff_base * backoff_factor**k)``, scaled by a random
+    factor in ``[1 - jitter, 1 + jitter]`` (clipped to the cap). ``backoff_base=0``
+    restarts at once. An incarnation that stayed Ready for ``healthy_after``
+    seconds resets k to 0.
+
+    Intensity (Erlang/OTP): at most ``max_restarts`` restarts within any
+    ``restart_window`` seconds; the failure that would need one more gives up.
+    A crash loop gives up earlier: ``crash_loop_threshold`` consecutive failures
+    before an incarnation ever reached Ready (load or warm-up) means restarting
+    will not help.
+
+    ``requeue_unacknowledged``: tasks handed to an incarnation that died before
+    acknowledging them are sent again to the next one (opt-in: at-least-once for
+    those). Acknowledged tasks in flight always fail (at-most-once).
+    ``ready_wait``: how long ``start_task`` waits for a Ready incarnation.
+    ``prespawn``: once an incarnation is Ready, start the next runner process and
+    keep it Idle, so that a restart skips interpreter start-up and imports (most
+    of the MTTR with a small model); costs one idle process per runner.
+    """
+
+    mode: RestartMode = "on-failure"
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    backoff_factor: float = 2.0
+    jitter: float = 0.1
+    healthy_after: float = 30.0
+    max_restarts: int = 5
+    restart_window: float = 60.0
+    crash_loop_threshold: int = 3
+    requeue_unacknowledged: bool = False
+    ready_wait: float = 120.0
+    prespawn: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in RESTART_MODES:
+            raise ValueError(
+                f"RestartPolicy.mode must be one of {RESTART_MODES}, got {self.mode!r}"
+            )
+        for name in ("backoff_base", "backoff_cap", "healthy_after"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(
+                    f"RestartPolicy.{name} must be a finite number >= 0, got {value!r}"
+                )
+        if not (self.restart_window > 0):
+            raise ValueError(
+                f"RestartPolicy.restart_window must be > 0, got {self.restart_window!r}"
+            )
+        if not (self.ready_wait > 0):
+            raise ValueError(f"RestartPolicy.ready_wait must be > 0, got {self.ready_wait!r}")
+        if not (self.backoff_factor >= 1 and math.isfinite(self.backoff_factor)):
+            raise ValueError("RestartPolicy.backoff_factor must be >= 1")
+        if not (0 <= self.jitter <= 1):
+            raise ValueError("RestartPolicy.jitter must be a fraction in [0, 1]")
+        if self.max_restarts < 0:
+            raise ValueError("RestartPolicy.max_restarts must be >= 0")
+        if self.crash_loop_threshold < 1:
+            raise ValueError("RestartPolicy.crash_loop_threshold must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Restart:
+    """Start a new incarnation after ``delay`` seconds; it will be restart number ``attempt``."""
+
+    delay: float
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """Stop for good: restarting is not allowed or will not help."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """The incarnation ended cleanly and the policy does not restart clean exits."""
+
+
+Decision: TypeAlias = Restart | GiveUp | Stop
+
+
+class RestartTracker:
+    """The restart state of one supervised runner: backoff exponent, window, crash loop."""
+
+    def __init__(self, policy: RestartPolicy, rng: random.Random | None = None) -> None:
+        self.policy = policy
+        self._rng = rng or random.Random()
+        #: failures since the last healthy period: the backoff exponent
+        self.consecutive = 0
+        #: consecutive failures before reaching Ready: the crash-loop counter
+        self.startup_failures = 0
+        #: restarts granted so far, in total
+        self.restarts = 0
+        self._window: deque[float] = deque()
+        self._ready_at: float | None = None
+
+    def backoff(self, exponent: int) -> float:
+        """The un-jittered delay before a restart after ``exponent`` consecutive failures."""
+        p = self.policy
+        if p.backoff_base == 0:
+            return 0.0
+        # Compare in log space: base * factor**k overflows long before the cap matters.
+        if exponent * math.log(p.backoff_factor) > math.log(
+            max(p.backoff_cap, 1e-300) / p.backoff_base
+        ):
+            return p.backoff_cap
+        return min(p.backoff_cap, p.backoff_base * p.backoff_factor**exponent)
+
+    def jittered(self, delay: float) -> float:
+        j = self.policy.jitter
+        if delay == 0 or j == 0:
+            return delay
+        return min(self.policy.backoff_cap, max(0.0, delay * (1 + self._rng.uniform(-j, j))))
+
+    def on_ready(self, now: float) -> None:
+        """The current incarnation reached Ready (load and warm-up done)."""
+        if self._ready_at is None:
+            self._ready_at = now
+        self.startup_failures = 0
+
+    def restarts_in_window(self, now: float) -> int:
+        horizon = now - self.policy.restart_window
+        while self._window and self._window[0] <= horizon:
+            self._window.popleft()
+        return len(self._window)
+
+    def on_end(self, now: float, *, failed: bool, reached_ready: bool) -> Decision:
+        """The current incarnation ended at ``now``; decide what happens next."""
+        p = self.policy
+        ready_at, self._ready_at = self._ready_at, None
+        if ready_at is not None and now - ready_at >= p.healthy_after:
+            self.consecutive = 0
+        if not failed and p.mode != "always":
+            return Stop()
+        if failed and p.mode == "never":
+            return GiveUp("restart policy is 'never'")
+        if failed and not reached_ready:
+            self.startup_failures += 1
+            if self.startup_failures >= p.crash_loop_threshold:
+                return GiveUp(
+                    f"crash loop: {self.startup_failures} consecutive failures during load/warm-up"
+                )
+        in_window = self.restarts_in_window(now)
+        if in_window >= p.max_restarts:
+            return GiveUp(f"gave up after {in_window} restarts in {p.restart_window:g} s")
+        delay = self.jittered(self.backoff(self.consecutive))
+        if failed:
+            self.consecutive += 1
+        self._window.append(now)
+        self.restarts += 1
+        return Restart(delay=delay, attempt=self.restarts)
+
+
+__all__ = [
+    "RESTART_MODES",
+    "Decision",
+    "GiveUp",
+    "Restart",
+    "RestartMode",
+    "RestartPolicy",
+    "RestartTracker",
+    "Stop",
+]
