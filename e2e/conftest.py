@@ -44,10 +44,24 @@ def wait_gone(pids: Sequence[int], within: float) -> list[int]:
         time.sleep(0.01)
 
 
+def _child_env(extra: dict[str, str]) -> dict[str, str]:
+    # A CI job run under systemd must not turn every CLI into a notifying service.
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    env.update(extra)
+    return env
+
+
 class Cli:
     """One ``python -m supervisor run --json ...`` process and the records it printed."""
 
-    def __init__(self, args: Sequence[str], *, stdin: bytes | None, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        stdin: bytes | None,
+        env: dict[str, str],
+        hold_stdin: bool = False,
+    ) -> None:
         self.args = list(args)
         # A file, not a pipe: nobody has to drain it while the test waits. Closed in close().
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
@@ -57,7 +71,7 @@ class Cli:
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             cwd=REPO,
-            env={**os.environ, **env},
+            env=_child_env(env),
         )
         self.records: list[dict[str, Any]] = []
         self.bad_lines: list[str] = []
@@ -68,7 +82,10 @@ class Cli:
         if stdin is not None:
             assert self.proc.stdin is not None
             self.proc.stdin.write(stdin)
-            self.proc.stdin.close()
+            if hold_stdin:  # a service: input never ends, only a signal stops it
+                self.proc.stdin.flush()
+            else:
+                self.proc.stdin.close()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -174,8 +191,13 @@ def cli() -> Iterator[Callable[..., Cli]]:
     """Start CLIs with ``cli(*args, stdin=b"...", env={...})``; all of them are cleaned up."""
     started: list[Cli] = []
 
-    def start(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None) -> Cli:
-        c = Cli(args, stdin=stdin, env=env or {})
+    def start(
+        *args: str,
+        stdin: bytes | None = None,
+        env: dict[str, str] | None = None,
+        hold_stdin: bool = False,
+    ) -> Cli:
+        c = Cli(args, stdin=stdin, env=env or {}, hold_stdin=hold_stdin)
         started.append(c)
         return c
 

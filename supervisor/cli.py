@@ -22,6 +22,7 @@ from typing import Any
 from supervisor.cli_input import InputError, parse_line, prompt_tasks, read_lines
 from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.protocol import BaseTask, Embed
+from supervisor.restart_policy import RestartPolicy
 
 PROG = "runner-supervisor"
 
@@ -255,6 +256,87 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_config_arguments(parser)
 
+    serving = parser.add_argument_group(
+        "restarts and health (any of these, or systemd's NOTIFY_SOCKET, makes the CLI keep "
+        "the worker up: the runner is re-spawned, reloaded and warmed up after a failure)"
+    )
+    serving.add_argument(
+        "--restart",
+        choices=["never", "on-failure", "always"],
+        default="never",
+        help="restart policy: never (default: one runner, exit 1 when it fails), on-failure, "
+        "or always (also after an exit nobody asked for)",
+    )
+    serving.add_argument(
+        "--max-restarts",
+        type=_count,
+        metavar="N",
+        default=5,
+        help="give up (exit 1) after this many restarts within --restart-window (default 5)",
+    )
+    serving.add_argument(
+        "--restart-window",
+        type=_seconds,
+        metavar="SECONDS",
+        default=60.0,
+        help="the window of the restart intensity limit, seconds (default 60)",
+    )
+    serving.add_argument(
+        "--backoff-base",
+        type=_seconds,
+        metavar="SECONDS",
+        default=0.5,
+        help="first restart delay, doubled per restart up to --backoff-cap, with 10%% jitter "
+        "(default 0.5 s; 0 restarts at once)",
+    )
+    serving.add_argument(
+        "--backoff-cap",
+        type=_seconds,
+        metavar="SECONDS",
+        default=30.0,
+        help="longest restart delay (default 30 s)",
+    )
+    serving.add_argument(
+        "--healthy-after",
+        type=_seconds,
+        metavar="SECONDS",
+        default=30.0,
+        help="Ready this long resets the backoff (default 30 s)",
+    )
+    serving.add_argument(
+        "--crash-loop-threshold",
+        type=_count,
+        metavar="N",
+        default=3,
+        help="give up early after this many failures in a row during load/warm-up (default 3)",
+    )
+    serving.add_argument(
+        "--requeue",
+        action="store_true",
+        help="re-send tasks a dead runner never acknowledged to the next one (at-least-once "
+        "for those; acknowledged tasks always fail: at-most-once)",
+    )
+    serving.add_argument(
+        "--prespawn",
+        action="store_true",
+        help="keep a spare idle runner process ready to take over (MTTR in ms, one more process)",
+    )
+    serving.add_argument(
+        "--health-port",
+        type=int,
+        metavar="PORT",
+        default=None,
+        help="serve /healthz, /readyz and /metrics (Prometheus) on this port (0: any free "
+        "port, logged); off by default",
+    )
+    serving.add_argument(
+        "--health-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address for the health endpoints (default 127.0.0.1; use 0.0.0.0 in a pod so "
+        "the kubelet can probe it)",
+    )
+
     out = parser.add_argument_group("output")
     out.add_argument(
         "--json",
@@ -341,6 +423,31 @@ async def task_source(
                 yield line, parse_line(text, line=line, max_tokens=args.max_tokens)
 
 
+def serving_requested(args: argparse.Namespace) -> bool:
+    """Restarts, health endpoints or systemd: run over a RestartingSupervisor."""
+    import os
+
+    return (
+        args.restart != "never"
+        or args.health_port is not None
+        or bool(os.environ.get("NOTIFY_SOCKET"))
+    )
+
+
+def policy_from_args(args: argparse.Namespace) -> RestartPolicy:
+    return RestartPolicy(
+        mode=args.restart,
+        max_restarts=args.max_restarts,
+        restart_window=args.restart_window,
+        backoff_base=args.backoff_base,
+        backoff_cap=args.backoff_cap,
+        healthy_after=args.healthy_after,
+        crash_loop_threshold=args.crash_loop_threshold,
+        requeue_unacknowledged=args.requeue,
+        prespawn=args.prespawn,
+    )
+
+
 def embeds_only(engine: str) -> bool:
     """True if ``engine`` serves Embed tasks and does not generate text."""
     from runners.engines import resolve_engine
@@ -378,11 +485,28 @@ def run_command(args: argparse.Namespace, config: SupervisorConfig, spec: Runner
     from supervisor.cli_worker import WorkerRun
 
     output = JsonOutput() if args.json else HumanOutput()
+    try:
+        policy = policy_from_args(args)
+    except ValueError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
 
     async def go() -> int:
-        worker = WorkerRun(
-            spec=spec, config=config, source=task_source(args, config), output=output
-        )
+        source = task_source(args, config)
+        if serving_requested(args):
+            from supervisor.cli_serving import ServingWorkerRun
+
+            worker: WorkerRun = ServingWorkerRun(
+                spec=spec,
+                config=config,
+                source=source,
+                output=output,
+                policy=policy,
+                health_host=args.health_host,
+                health_port=args.health_port,
+            )
+        else:
+            worker = WorkerRun(spec=spec, config=config, source=source, output=output)
         return await worker.run()
 
     return anyio.run(go, backend="asyncio")

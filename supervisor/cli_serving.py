@@ -1,0 +1,167 @@
+"""The CLI's run loop with a restart policy, health endpoints and systemd notification.
+
+Used when ``--restart`` is not ``never``, ``--health-port`` is given, or systemd's
+``NOTIFY_SOCKET`` is set. A `RestartingSupervisor` owns the runner's load and
+warm-up (it re-drives them after every restart), so this loop only feeds tasks.
+Every new runner process is announced with a ``RunnerStarted`` record.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from loguru import logger
+
+from supervisor.cli_input import InputError
+from supervisor.cli_worker import (
+    EXIT_BAD_INPUT,
+    EXIT_BROKEN_PIPE,
+    EXIT_OK,
+    EXIT_RUNNER_FAILED,
+    EXIT_TASK_FAILED,
+    TaskTracker,
+    WorkerRun,
+)
+from supervisor.errors import DuplicateTaskError, RunnerFailedError
+from supervisor.protocol import BaseEvent, BaseTask, RunnerIdle, RunnerStatusUpdated, TaskStatus
+from supervisor.restart import RestartingSupervisor
+from supervisor.restart_policy import RestartPolicy
+from supervisor.sdnotify import run_sd_notify
+
+
+@dataclass
+class ServingWorkerRun(WorkerRun):
+    """`WorkerRun` over a `RestartingSupervisor`, with /healthz, /readyz, /metrics."""
+
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    health_host: str = "127.0.0.1"
+    health_port: int | None = None
+
+    rsup: RestartingSupervisor | None = field(default=None, init=False)
+
+    async def run(self) -> int:
+        self.tracker = TaskTracker()
+        self._driver = anyio.CancelScope()
+        send, recv = anyio.create_memory_object_stream[BaseEvent](math.inf)
+        metrics = None
+        if self.health_port is not None:
+            from supervisor.metrics import SupervisorMetrics
+
+            metrics = SupervisorMetrics()
+        rsup = RestartingSupervisor(
+            spec=self.spec,
+            event_sender=send,
+            config=self.config,
+            policy=self.policy,
+            observers=[metrics] if metrics is not None else (),
+        )
+        self.rsup = rsup
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._supervise_all, rsup, send)
+            tg.start_soon(self._consume_all, rsup, recv)
+            if self.handle_signals:
+                tg.start_soon(self._watch_restarting_signals, rsup)
+            if metrics is not None:
+                from supervisor.health import serve_health
+
+                metrics.watch_live(rsup)
+                await tg.start(serve_health, rsup, self.health_host, self.health_port, metrics)
+            tg.start_soon(run_sd_notify, rsup)
+            await self.serve(tg)
+            rsup.shutdown()
+            await rsup.wait_finished()
+            await self.tracker.wait_closed()
+            tg.cancel_scope.cancel()
+        code = self.exit_code()
+        current = rsup.current
+        self.output.finished(code, current.exit_code if current is not None else None)
+        return code
+
+    async def _supervise_all(
+        self, rsup: RestartingSupervisor, send: MemoryObjectSendStream[BaseEvent]
+    ) -> None:
+        async with send:
+            await rsup.run()
+        self._driver.cancel()
+
+    async def _consume_all(
+        self, rsup: RestartingSupervisor, recv: MemoryObjectReceiveStream[BaseEvent]
+    ) -> None:
+        async with recv:
+            async for event in recv:
+                if (
+                    isinstance(event, RunnerStatusUpdated)
+                    and isinstance(event.status, RunnerIdle)
+                    and rsup.pid is not None
+                ):
+                    self.output.started(rsup.pid, rsup.runner_id)  # each incarnation
+                self.output.event(event)
+                self.tracker.note(event)
+                if self.output.broken:
+                    self._stop_serving("stdout closed")
+        self.tracker.close()
+
+    async def _watch_restarting_signals(self, rsup: RestartingSupervisor) -> None:
+        import signal
+
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if self.signal_received is None:
+                    self.signal_received = signum
+                    self._stop_serving(f"{name} received: shutting the runner down")
+                else:
+                    logger.warning("{} received again: killing the runner", name)
+                    current = rsup.current
+                    if current is not None:
+                        current.kill()
+
+    def _stop_serving(self, why: str) -> None:
+        if not self._driver.cancel_called:
+            logger.warning("{}", why)
+            self._driver.cancel()
+            if self.rsup is not None:
+                self.rsup.shutdown()
+
+    async def serve(self, tg: TaskGroup) -> None:
+        with self._driver:
+            async for line, item in self.source:
+                if isinstance(item, InputError):
+                    self._reject(item.line, item.error)
+                    continue
+                await self._submit_restarting(item, line)
+                if self.rsup is not None and (self.rsup.gave_up or self.rsup.finished):
+                    return
+
+    async def _submit_restarting(self, task: BaseTask, line: int | None) -> TaskStatus | None:
+        assert self.rsup is not None
+        try:
+            await self.rsup.start_task(task)
+        except RunnerFailedError:
+            return None  # the runner is gone for good (gave up): on the event stream
+        except (DuplicateTaskError, TypeError, ValueError) as exc:
+            self._reject(line, f"task {task.task_id!r}: {exc}")
+            return None
+        return await self.tracker.wait_terminal(task.task_id)
+
+    def exit_code(self) -> int:
+        """1 only if the policy gave up (systemd or the kubelet take over from there).
+
+        A failure the policy recovered from is not the run's failure: the tasks it
+        failed count as failed tasks (3).
+        """
+        if self.rsup is not None and self.rsup.gave_up:
+            return EXIT_RUNNER_FAILED
+        if self.signal_received is not None:
+            return 128 + self.signal_received
+        if self.output.broken:
+            return EXIT_BROKEN_PIPE
+        if self.bad_input:
+            return EXIT_BAD_INPUT
+        if self.tracker.failed_tasks:
+            return EXIT_TASK_FAILED
+        return EXIT_OK
