@@ -177,10 +177,7 @@ def test_systemd_notify_ready_and_watchdog(cli: StartCli) -> None:
                 "0.01",
                 "--max-tokens",
                 "100000",
-                "--stdin",
-                "x",
-                stdin=b"",
-                hold_stdin=True,
+                "--serve",  # no input at all: stays up until SIGTERM
                 env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"},
             )
             messages: list[str] = []

@@ -210,6 +210,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "(types: Generate, Embed, Probe; task_id optional, line-N if absent)",
     )
     tasks.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep the worker up after the tasks are done, until SIGTERM/SIGINT (or the "
+        "runner fails for good): a long-running service under systemd or Kubernetes",
+    )
+    tasks.add_argument(
         "--max-tokens",
         type=_count,
         default=16,
@@ -501,12 +507,15 @@ def run_command(args: argparse.Namespace, config: SupervisorConfig, spec: Runner
                 config=config,
                 source=source,
                 output=output,
+                keep_serving=args.serve,
                 policy=policy,
                 health_host=args.health_host,
                 health_port=args.health_port,
             )
         else:
-            worker = WorkerRun(spec=spec, config=config, source=source, output=output)
+            worker = WorkerRun(
+                spec=spec, config=config, source=source, output=output, keep_serving=args.serve
+            )
         return await worker.run()
 
     return anyio.run(go, backend="asyncio")

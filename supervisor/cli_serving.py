@@ -136,6 +136,8 @@ class ServingWorkerRun(WorkerRun):
                 await self._submit_restarting(item, line)
                 if self.rsup is not None and (self.rsup.gave_up or self.rsup.finished):
                     return
+            if self.keep_serving:
+                await anyio.sleep_forever()  # cancelled by a signal or giving up
 
     async def _submit_restarting(self, task: BaseTask, line: int | None) -> TaskStatus | None:
         assert self.rsup is not None

@@ -96,6 +96,8 @@ class WorkerRun:
     source: TaskSource
     output: Output
     handle_signals: bool = True
+    #: After the input ends, stay up until a signal (or the runner's end).
+    keep_serving: bool = False
 
     sup: RunnerSupervisor | None = field(default=None, init=False)
     bad_input: int = field(default=0, init=False)
@@ -190,6 +192,8 @@ class WorkerRun:
             await self._submit(item, line)
             if self.tracker.failure is not None or (self.sup and self.sup.finished):
                 return
+        if self.keep_serving:
+            await anyio.sleep_forever()  # cancelled by a signal or the runner's end
 
     async def _submit(self, task: BaseTask, line: int | None = None) -> TaskStatus | None:
         """Run one task to its end. Bad tasks are rejected; the run goes on."""
