@@ -24,6 +24,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from loguru import logger
 
 from supervisor.config import RunnerSpec, SupervisorConfig
+from supervisor.done import DONE, Done
 from supervisor.errors import RunnerFailedError
 from supervisor.liveness import ResourceSample
 from supervisor.observe import Phase, RunnerHealth, SupervisorObserver
@@ -50,7 +51,7 @@ from supervisor.protocol import (
 )
 from supervisor.restart_events import RunnerRestarting, SupervisorGaveUp
 from supervisor.restart_policy import Decision, GiveUp, Restart, RestartPolicy, RestartTracker, Stop
-from supervisor.runner_supervisor import _DONE, RunnerSupervisor, _Done
+from supervisor.runner_supervisor import RunnerSupervisor
 
 _READY = (RunnerReady, RunnerRunning)
 _PHASES: dict[type[BaseRunnerStatus], Phase] = {
@@ -353,14 +354,14 @@ class RestartingSupervisor:
                 )
             raise
 
-    def cancel_task(self, task_id: str) -> _Done:
+    def cancel_task(self, task_id: str) -> Done:
         """Cancel ``task_id`` in the current incarnation. Never blocks."""
         sup = self.current
         if sup is not None and not sup.finished:
             sup.cancel_task(task_id)
-        return _DONE
+        return DONE
 
-    def shutdown(self) -> _Done:
+    def shutdown(self) -> Done:
         """Stop for good: no more restarts; the current runner shuts down gracefully."""
         if not self._stopping:
             self._stopping = True
@@ -371,7 +372,7 @@ class RestartingSupervisor:
                 sup.shutdown()
             self._retire_spare()
             self._notify()
-        return _DONE
+        return DONE
 
     # -------------------------------------------------------------------- run
     async def run(self) -> None:

@@ -6,9 +6,8 @@ import signal
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
 import psutil
@@ -16,6 +15,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from loguru import logger
 
 from supervisor.config import RunnerSpec, SupervisorConfig
+from supervisor.done import DONE, Done
 from supervisor.errors import DuplicateTaskError, RunnerFailedError
 from supervisor.liveness import (
     HeartbeatMonitor,
@@ -57,19 +57,6 @@ from supervisor.protocol import (
 
 #: How many finished task ids are remembered to refuse duplicates (bounded).
 RECENT_TASK_IDS = 4096
-
-
-class _Done:
-    """Returned by the non-blocking calls so that both ``f()`` and ``await f()`` work."""
-
-    __slots__ = ()
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return
-        yield  # pragma: no cover - makes this a generator
-
-
-_DONE = _Done()
 
 
 class _Waiter:
@@ -248,26 +235,26 @@ class RunnerSupervisor:
             )
         )
 
-    def cancel_task(self, task_id: str) -> _Done:
+    def cancel_task(self, task_id: str) -> Done:
         """Ask the runner to stop ``task_id`` at its next step. Never blocks."""
         if task_id in self._pending or task_id in self._in_progress:
             self._proc.tasks.put(CancelTask(task_id=task_id))
-        return _DONE
+        return DONE
 
-    def shutdown(self) -> _Done:
+    def shutdown(self) -> Done:
         """Graceful stop: a Shutdown task, SIGTERM after ``shutdown_grace``, then SIGKILL."""
         if not self._shutdown_requested and not self._finished:
             self._request_shutdown()
             self._proc.tasks.put(Shutdown(task_id=f"shutdown-{uuid.uuid4().hex[:8]}"))
-        return _DONE
+        return DONE
 
-    def kill(self) -> _Done:
+    def kill(self) -> Done:
         """Stop the runner now with SIGKILL (reported as a stop, not a failure)."""
         if not self._finished:
             self._shutdown_requested = True
             self._we_killed_it = True
             self._proc.kill_group()
-        return _DONE
+        return DONE
 
     def _request_shutdown(self) -> None:
         self._shutdown_requested = True
