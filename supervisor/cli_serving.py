@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from loguru import logger
 
 from supervisor.cli_input import InputError
 from supervisor.cli_worker import (
@@ -61,10 +59,10 @@ class ServingWorkerRun(WorkerRun):
         )
         self.rsup = rsup
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._supervise_all, rsup, send)
-            tg.start_soon(self._consume_all, rsup, recv)
+            tg.start_soon(self._supervise, rsup, send)
+            tg.start_soon(self._consume, recv)
             if self.handle_signals:
-                tg.start_soon(self._watch_restarting_signals, rsup)
+                tg.start_soon(self._watch_signals)
             if metrics is not None:
                 from supervisor.health import serve_health
 
@@ -81,51 +79,24 @@ class ServingWorkerRun(WorkerRun):
         self.output.finished(code, current.exit_code if current is not None else None)
         return code
 
-    async def _supervise_all(
-        self, rsup: RestartingSupervisor, send: MemoryObjectSendStream[BaseEvent]
-    ) -> None:
-        async with send:
-            await rsup.run()
-        self._driver.cancel()
+    def _before_event(self, event: BaseEvent) -> None:
+        rsup = self.rsup
+        if (
+            rsup is not None
+            and isinstance(event, RunnerStatusUpdated)
+            and isinstance(event.status, RunnerIdle)
+            and rsup.pid is not None
+        ):
+            self.output.started(rsup.pid, rsup.runner_id)  # each new runner process
 
-    async def _consume_all(
-        self, rsup: RestartingSupervisor, recv: MemoryObjectReceiveStream[BaseEvent]
-    ) -> None:
-        async with recv:
-            async for event in recv:
-                if (
-                    isinstance(event, RunnerStatusUpdated)
-                    and isinstance(event.status, RunnerIdle)
-                    and rsup.pid is not None
-                ):
-                    self.output.started(rsup.pid, rsup.runner_id)  # each incarnation
-                self.output.event(event)
-                self.tracker.note(event)
-                if self.output.broken:
-                    self._stop_serving("stdout closed")
-        self.tracker.close()
+    def _shutdown_runner(self) -> None:
+        if self.rsup is not None:
+            self.rsup.shutdown()
 
-    async def _watch_restarting_signals(self, rsup: RestartingSupervisor) -> None:
-        import signal
-
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                if self.signal_received is None:
-                    self.signal_received = signum
-                    self._stop_serving(f"{name} received: shutting the runner down")
-                else:
-                    logger.warning("{} received again: killing the runner", name)
-                    current = rsup.current
-                    if current is not None:
-                        current.kill()
-
-    def _stop_serving(self, why: str) -> None:
-        if not self._driver.cancel_called:
-            logger.warning("{}", why)
-            self._driver.cancel()
-            if self.rsup is not None:
-                self.rsup.shutdown()
+    def _kill_runner(self) -> None:
+        current = self.rsup.current if self.rsup is not None else None
+        if current is not None:
+            current.kill()
 
     async def serve(self, tg: TaskGroup) -> None:
         with self._driver:

@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup
@@ -33,6 +34,9 @@ from supervisor.protocol import (
     Warmup,
 )
 from supervisor.runner_supervisor import RunnerSupervisor
+
+if TYPE_CHECKING:
+    from supervisor.restart import RestartingSupervisor
 
 # Exit codes (documented in the CLI's --help epilog and docs/cli.md).
 EXIT_OK = 0
@@ -124,7 +128,7 @@ class WorkerRun:
             tg.start_soon(self._supervise, sup, send)
             tg.start_soon(self._consume, recv)
             if self.handle_signals:
-                tg.start_soon(self._watch_signals, sup)
+                tg.start_soon(self._watch_signals)
             await self.serve(tg)
             sup.shutdown()
             await sup.wait_finished()
@@ -145,23 +149,35 @@ class WorkerRun:
 
     # ----------------------------------------------------------------- workers
     async def _supervise(
-        self, sup: RunnerSupervisor, send: MemoryObjectSendStream[BaseEvent]
+        self, sup: RunnerSupervisor | RestartingSupervisor, send: MemoryObjectSendStream[BaseEvent]
     ) -> None:
         async with send:
             await sup.run()
         # The runner is gone: there is nothing left to feed (stdin may never end).
         self._driver.cancel()
 
+    def _before_event(self, event: BaseEvent) -> None:
+        """Hook: called for each event before it is printed."""
+
+    def _shutdown_runner(self) -> None:
+        if self.sup is not None:
+            self.sup.shutdown()
+
+    def _kill_runner(self) -> None:
+        if self.sup is not None:
+            self.sup.kill()
+
     async def _consume(self, recv: MemoryObjectReceiveStream[BaseEvent]) -> None:
         async with recv:
             async for event in recv:
+                self._before_event(event)
                 self.output.event(event)
                 self.tracker.note(event)
                 if self.output.broken:
                     self._stop("stdout closed")
         self.tracker.close()
 
-    async def _watch_signals(self, sup: RunnerSupervisor) -> None:
+    async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 name = signal.Signals(signum).name
@@ -170,14 +186,13 @@ class WorkerRun:
                     self._stop(f"{name} received: shutting the runner down")
                 else:
                     logger.warning("{} received again: killing the runner", name)
-                    sup.kill()
+                    self._kill_runner()
 
     def _stop(self, why: str) -> None:
         if not self._driver.cancel_called:
             logger.warning("{}", why)
             self._driver.cancel()
-            if self.sup is not None:
-                self.sup.shutdown()
+            self._shutdown_runner()
 
     # ------------------------------------------------------------------ driver
     async def _drive(self) -> None:

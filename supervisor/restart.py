@@ -26,6 +26,7 @@ from loguru import logger
 from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.done import DONE, Done
 from supervisor.errors import RunnerFailedError
+from supervisor.host_stream import HostStream
 from supervisor.liveness import ResourceSample
 from supervisor.observe import Phase, RunnerHealth, SupervisorObserver
 from supervisor.protocol import (
@@ -147,7 +148,7 @@ class RestartingSupervisor:
         self.config = config or SupervisorConfig()
         self.policy = policy or RestartPolicy()
         self.runner_id = runner_id or self.spec.runner_id or f"runner-{os.urandom(4).hex()}"
-        self._events_out = event_sender
+        self._host = HostStream(event_sender, self.runner_id)
         self._observers: list[SupervisorObserver] = list(observers)
         self._tracker = RestartTracker(self.policy, rng)
         self._current: _Incarnation | None = None
@@ -157,7 +158,6 @@ class RestartingSupervisor:
         self._run_called = False
         self._stopping = False
         self._finished = False
-        self._host_gone = False
         self._changed: anyio.Event | None = None
         self._stop_event: anyio.Event | None = None
         self._spare: _Spare | None = None
@@ -700,33 +700,11 @@ class RestartingSupervisor:
             self._changed = None
 
     async def _emit(self, event: BaseEvent) -> None:
-        if self._host_gone:
-            return
-        try:
-            self._events_out.send_nowait(event)
-        except anyio.WouldBlock:
-            try:
-                await self._events_out.send(event)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._lose_host()
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            self._lose_host()
+        await self._host.send(event)
 
     def _emit_nowait(self, event: BaseEvent) -> None:
         """For paths being cancelled: best effort, never waits."""
-        if self._host_gone:
-            return
-        try:
-            self._events_out.send_nowait(event)
-        except anyio.WouldBlock:
-            logger.warning("runner {}: event stream full; dropped {!r}", self.runner_id, event)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            self._lose_host()
-
-    def _lose_host(self) -> None:
-        if not self._host_gone:
-            self._host_gone = True
-            logger.warning("runner {}: event receiver closed; dropping events", self.runner_id)
+        self._host.send_nowait(event)
 
 
 __all__ = ["RestartingSupervisor", "RunnerUnavailableError"]

@@ -17,6 +17,7 @@ from loguru import logger
 from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.done import DONE, Done
 from supervisor.errors import DuplicateTaskError, RunnerFailedError
+from supervisor.host_stream import HostStream
 from supervisor.liveness import (
     HeartbeatMonitor,
     ProgressMonitor,
@@ -93,7 +94,7 @@ class RunnerSupervisor:
         self.config = config
         self.runner_id = runner_id
         self._proc = proc
-        self._events_out = event_sender
+        self._host = HostStream(event_sender, runner_id)
         self._status: BaseRunnerStatus = RunnerIdle()
         self._waiters: dict[str, _Waiter] = {}
         self._pending: dict[str, BaseTask] = {}
@@ -109,7 +110,6 @@ class RunnerSupervisor:
         self._shutdown_requested = False
         self._shutdown_event: anyio.Event | None = None
         self._we_killed_it = False
-        self._host_gone = False
         self._current_generate: str | None = None
         self._busy_event: anyio.Event | None = None
         self._probes: dict[str, anyio.Event] = {}
@@ -612,22 +612,7 @@ class RunnerSupervisor:
             self._recent.popitem(last=False)
 
     async def _forward(self, event: BaseEvent) -> None:
-        if self._host_gone:
-            return
-        try:
-            self._events_out.send_nowait(event)
-        except anyio.WouldBlock:
-            try:
-                await self._events_out.send(event)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._lose_host()
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            self._lose_host()
-
-    def _lose_host(self) -> None:
-        if not self._host_gone:
-            self._host_gone = True
-            logger.warning("runner {}: event receiver closed; dropping events", self.runner_id)
+        await self._host.send(event)
 
     # ------------------------------------------------------------------ ending
     async def _drain_events(self) -> None:
