@@ -16,11 +16,6 @@ from anyio.abc import TaskGroup
 
 from supervisor.cli_input import InputError
 from supervisor.cli_worker import (
-    EXIT_BAD_INPUT,
-    EXIT_BROKEN_PIPE,
-    EXIT_OK,
-    EXIT_RUNNER_FAILED,
-    EXIT_TASK_FAILED,
     TaskTracker,
     WorkerRun,
 )
@@ -121,20 +116,10 @@ class ServingWorkerRun(WorkerRun):
             return None
         return await self.tracker.wait_terminal(task.task_id)
 
-    def exit_code(self) -> int:
-        """1 only if the policy gave up (systemd or the kubelet take over from there).
+    def _runner_failed(self) -> bool:
+        """Only giving up is the run's failure (systemd or the kubelet take over then).
 
-        A failure the policy recovered from is not the run's failure: the tasks it
-        failed count as failed tasks (3).
+        A failure the policy recovered from is not: the tasks it failed count as
+        failed tasks (3).
         """
-        if self.rsup is not None and self.rsup.gave_up:
-            return EXIT_RUNNER_FAILED
-        if self.signal_received is not None:
-            return 128 + self.signal_received
-        if self.output.broken:
-            return EXIT_BROKEN_PIPE
-        if self.bad_input:
-            return EXIT_BAD_INPUT
-        if self.tracker.failed_tasks:
-            return EXIT_TASK_FAILED
-        return EXIT_OK
+        return self.rsup is not None and self.rsup.gave_up

@@ -230,10 +230,13 @@ class WorkerRun:
         self.output.rejected(line, error)
 
     # ----------------------------------------------------------------- verdict
+    def _runner_failed(self) -> bool:
+        sup = self.sup
+        return self.tracker.failure is not None or (sup is not None and sup.failure is not None)
+
     def exit_code(self) -> int:
         """Worst outcome wins: runner failure, signal, closed stdout, bad input, task failure."""
-        sup = self.sup
-        if self.tracker.failure is not None or (sup is not None and sup.failure is not None):
+        if self._runner_failed():
             return EXIT_RUNNER_FAILED
         if self.signal_received is not None:
             return 128 + self.signal_received
