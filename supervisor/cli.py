@@ -77,11 +77,13 @@ examples:
   {PROG} run --chaos --json "EXO RUNNER MUST DIE"   watch a runner die, exit code 1
   echo '{{"type": "Generate", "prompt": "hi", "max_tokens": 8}}' | {PROG} run --stdin --json
   {PROG} run --engine my_pkg.engines:MyEngine --engine-option model=/models/x --decode-timeout 2
+  {PROG} run --serve --restart on-failure --health-port 9100   a service: restarts, probes
 
 exit codes:
   0    every task completed
   1    the runner failed (died, froze, wedged, hit --memory-limit), or could not start;
-       tasks failed by that failure count as this, not as 3
+       tasks failed by that failure count as this, not as 3. With --restart, only
+       giving up is 1 (a failure the policy recovered from fails its tasks: 3)
   2    bad usage or input: a bad flag, or (with --stdin) any bad line; the other
        lines are still served. A runner failure (1) takes precedence
   3    the runner stayed healthy but a task ended Failed or Cancelled on its own
