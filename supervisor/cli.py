@@ -498,6 +498,17 @@ def run_command(args: argparse.Namespace, config: SupervisorConfig, spec: Runner
     except ValueError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    if args.health_port is not None:
+        try:
+            import h11  # noqa: F401
+            import prometheus_client  # noqa: F401
+        except ImportError as exc:
+            print(
+                f"{PROG}: error: --health-port needs the 'health' extra ({exc.name} is missing): "
+                "pip install 'runner-supervisor[health]'",
+                file=sys.stderr,
+            )
+            return 2
 
     async def go() -> int:
         source = task_source(args, config)
