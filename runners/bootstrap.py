@@ -30,18 +30,25 @@ def _redirect_output(fd: int) -> None:
 
 
 def _setup_logging(runner_id: str) -> None:
-    from loguru import logger
+    """The runner logs with the standard library, to the captured stderr.
 
-    logger.remove()
-    level = os.environ.get("RUNNER_LOG_LEVEL", "INFO")
-    logger.add(
-        sys.stderr,
-        level=level,
-        format="{time:HH:mm:ss.SSS} {level: <7} runner " + runner_id + " | {message}",
-        colorize=False,
-        backtrace=False,
-        diagnose=False,
+    Not loguru, as the host does: importing it (and the asyncio it pulls in) costs
+    ~100 ms of every runner's start-up, which is most of the time to recover from
+    a death. Lines reach the host's loguru through the stderr capture anyway.
+    """
+    import logging
+
+    level = os.environ.get("RUNNER_LOG_LEVEL", "INFO").upper()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(
+            f"%(asctime)s.%(msecs)03d %(levelname)-7s runner {runner_id} | %(message)s",
+            datefmt="%H:%M:%S",
+        )
     )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
 
 
 def main(args: BootstrapArgs) -> None:

@@ -9,15 +9,16 @@ its first chunk, so the failure always lands mid-inference.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import resource
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
 
-from loguru import logger
-
 from supervisor.protocol import BaseTask, Generate
+
+logger = logging.getLogger("runners.chaos")
 
 ENV_ENABLE = "EXO_RUNNER_CHAOS"
 ENV_DIE_AFTER = "EXO_RUNNER_MUST_DIE"
@@ -99,7 +100,7 @@ class Chaos:
             try:
                 self.die_after = max(0, int(raw))
             except ValueError:
-                logger.warning("ignoring {}={!r}: not an integer", ENV_DIE_AFTER, raw)
+                logger.warning("ignoring %s=%r: not an integer", ENV_DIE_AFTER, raw)
         if enabled:
             logger.warning("chaos triggers are ENABLED in this runner")
 
@@ -108,7 +109,7 @@ class Chaos:
             return None
         for phrase, action in TRIGGERS.items():
             if phrase in task.prompt:
-                logger.warning("chaos trigger {!r} in task {}", phrase, task.task_id)
+                logger.warning("chaos trigger %r in task %s", phrase, task.task_id)
                 return action
         return None
 
@@ -122,7 +123,7 @@ class Chaos:
         streamed = 0
         for token in tokens:
             if self.die_after is not None and self.tokens >= self.die_after:
-                logger.warning("chaos: {}={} reached", ENV_DIE_AFTER, self.die_after)
+                logger.warning("chaos: %s=%s reached", ENV_DIE_AFTER, self.die_after)
                 _die()
             if action is not None and streamed >= 1:
                 action()
