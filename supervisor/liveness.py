@@ -164,29 +164,30 @@ class HeartbeatMonitor:
 
 
 class ProgressMonitor:
-    """Per-phase deadline on the main loop's progress counter."""
+    """Per-phase deadline on the time of the main loop's last progress tick.
+
+    The runner stamps each tick with CLOCK_MONOTONIC (system-wide on Linux), so the
+    supervisor knows when progress stopped, not merely that it has not seen any
+    since its last look: it can wake exactly at the deadline instead of up to one
+    polling interval after it.
+    """
 
     def __init__(self, now: float) -> None:
-        self.last_value = -1.0
-        self.last_change = now
+        self.floor = now
 
     def reset(self, now: float) -> None:
-        self.last_change = now
+        """A new phase starts now: earlier silence does not count against it."""
+        self.floor = now
 
     def check(
-        self, value: float, now: float, deadline: float | None, extend_until: float
-    ) -> float | None:
-        """Seconds without progress if past ``deadline``, else ``None``."""
-        if value != self.last_value:
-            self.last_value = value
-            self.last_change = now
-            return None
-        if deadline is None:
-            return None
-        idle = now - self.last_change
-        if idle > deadline and now > extend_until:
-            return idle
-        return None
+        self, last_tick: float, now: float, deadline: float, extend_until: float
+    ) -> tuple[float | None, float]:
+        """``(seconds without progress, 0)`` past the deadline, else ``(None, seconds left)``."""
+        since = max(last_tick, self.floor)
+        due = max(since + deadline, extend_until)
+        if now > due:
+            return now - since, 0.0
+        return None, due - now
 
 
 class ResourceMeter:

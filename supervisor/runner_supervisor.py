@@ -425,24 +425,29 @@ class RunnerSupervisor:
                 self._busy_event = anyio.Event()
                 await self._busy_event.wait()
                 self._progress.reset(time.monotonic())
-            await anyio.sleep(self.config.progress_check_interval)
-            now = time.monotonic()
+                continue
             phase = self._phase_deadline()
-            stalled_for = self._progress.check(
-                shared.progress, now, None if phase is None else phase[1], shared.extend_until
+            if phase is None:
+                continue
+            now = time.monotonic()
+            stalled_for, left = self._progress.check(
+                shared.last_tick, now, phase[1], shared.extend_until
             )
-            if stalled_for is not None and phase is not None:
-                self._end(
-                    _EndCause(
-                        detected_by="progress",
-                        reason="stalled",
-                        message=(
-                            f"main loop made no progress for {stalled_for:.1f}s in phase "
-                            f"{phase[0]} (deadline {phase[1]:g}s)"
-                        ),
-                    )
+            if stalled_for is None:
+                # Wake at the deadline (plus a hair), or sooner to notice a phase change.
+                await anyio.sleep(min(left + 0.002, self.config.progress_check_interval))
+                continue
+            self._end(
+                _EndCause(
+                    detected_by="progress",
+                    reason="stalled",
+                    message=(
+                        f"main loop made no progress for {stalled_for:.1f}s in phase "
+                        f"{phase[0]} (deadline {phase[1]:g}s)"
+                    ),
                 )
-                return
+            )
+            return
 
     def _idle(self) -> bool:
         return (

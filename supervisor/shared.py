@@ -11,9 +11,12 @@ import time
 from multiprocessing.context import BaseContext
 from typing import Any
 
+_monotonic = time.monotonic
+
 HEARTBEAT = 0  # bumped by the runner's heartbeat thread
 PROGRESS = 1  # bumped by the runner's main loop on every step
 EXTEND_UNTIL = 2  # CLOCK_MONOTONIC deadline an engine declared for a long step
+LAST_TICK = 3  # CLOCK_MONOTONIC time of the main loop's last progress tick
 _SLOTS = 4
 
 
@@ -37,7 +40,9 @@ class SharedState:
         self._array[HEARTBEAT] += 1.0
 
     def tick(self) -> None:
-        self._array[PROGRESS] += 1.0
+        array = self._array
+        array[PROGRESS] += 1.0
+        array[LAST_TICK] = _monotonic()
 
     def extend_deadline(self, seconds: float) -> None:
         """Declare that the current step may take up to ``seconds`` without progress."""
@@ -56,3 +61,7 @@ class SharedState:
     @property
     def extend_until(self) -> float:
         return float(self._array[EXTEND_UNTIL])
+
+    @property
+    def last_tick(self) -> float:
+        return float(self._array[LAST_TICK])
