@@ -28,9 +28,16 @@ from supervisor.protocol import (
 class Recorder:
     events: list[tuple[float, BaseEvent]] = field(default_factory=list)
     changed: anyio.Event = field(default_factory=anyio.Event)
+    # Indexed as events arrive: predicates polled per event must not rescan the list.
+    _statuses: dict[str, list[TaskStatus]] = field(default_factory=dict)
+    _chunks: dict[str, list[ChunkGenerated]] = field(default_factory=dict)
 
     def add(self, event: BaseEvent) -> None:
         self.events.append((time.monotonic(), event))
+        if isinstance(event, TaskStatusUpdated):
+            self._statuses.setdefault(event.task_id, []).append(event.status)
+        elif isinstance(event, ChunkGenerated):
+            self._chunks.setdefault(event.task_id, []).append(event)
         self.changed.set()
         self.changed = anyio.Event()
 
@@ -48,13 +55,13 @@ class Recorder:
         raise AssertionError("no RunnerFailed")
 
     def task_statuses(self, task_id: str) -> list[TaskStatus]:
-        return [e.status for e in self.of(TaskStatusUpdated) if e.task_id == task_id]
+        return list(self._statuses.get(task_id, ()))
 
     def terminal(self, task_id: str) -> list[TaskStatus]:
         return [s for s in self.task_statuses(task_id) if s.terminal]
 
     def chunks(self, task_id: str) -> list[ChunkGenerated]:
-        return [e for e in self.of(ChunkGenerated) if e.task_id == task_id]
+        return list(self._chunks.get(task_id, ()))
 
     async def wait_for(self, pred: Callable[[], bool], within: float = 10.0) -> None:
         with anyio.fail_after(within):
