@@ -21,6 +21,7 @@ from supervisor.protocol import (
     Generate,
     LoadModel,
     RunnerFailed,
+    RunnerLoading,
     RunnerStatusUpdated,
     Shutdown,
     TaskStatus,
@@ -226,6 +227,10 @@ async def test_start_task_waits_for_ready_and_refuses_load_and_warmup() -> None:
 async def test_start_task_gives_up_waiting_after_within() -> None:
     spec = RunnerSpec(engine="echo", options={"load_time": 30})
     async with restarting(spec) as r:
+        # A cold machine may take longer than 0.3 s just to start the interpreter.
+        await r.rec.wait_for(
+            lambda: any(isinstance(e.status, RunnerLoading) for e in r.rec.of(RunnerStatusUpdated))
+        )
         t0 = time.monotonic()
         with pytest.raises(RunnerUnavailableError, match=r"not ready within 0\.3s"):
             await r.sup.start_task(Generate(task_id="g", prompt="x"), within=0.3)
