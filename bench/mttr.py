@@ -1,22 +1,29 @@
 """MTTR: SIGKILL -> a replacement runner Ready (LoadModel + Warmup done), per start method.
 
-Measured directly, without a restart wrapper: on RunnerFailed the host creates a new
-RunnerSupervisor and drives LoadModel + Warmup (echo engine, zero load and warm-up
-time, zero backoff) until the host receives RunnerReady. The runner being replaced
-is Ready and idle when it is killed, as after an OOM kill between requests.
+Measured two ways. Directly: on RunnerFailed the host creates a new RunnerSupervisor
+and drives LoadModel + Warmup itself. And through the restart policy
+(`RestartingSupervisor`, zero backoff), with and without a prespawned spare runner.
+Echo engine, zero load and warm-up time; the runner being replaced is Ready and idle
+when it is killed, as after an OOM kill between requests. Time runs from the kill to
+the host receiving the replacement's RunnerReady.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import random
+import signal
+import time
 from functools import partial
 
 import anyio
 
 from bench.common import Mode, fleet, progress, run_async
 from bench.report import Row, Section, Stats, fmt, ratio
-from supervisor import RunnerSpec, SupervisorConfig
+from supervisor import RestartingSupervisor, RestartPolicy, RunnerSpec, SupervisorConfig
 from supervisor.config import StartMethod
+from supervisor.protocol import BaseEvent, RunnerReady, RunnerStatusUpdated
 
 TARGET_P50 = 0.150
 METHODS: tuple[StartMethod, ...] = ("spawn", "forkserver")
@@ -41,6 +48,59 @@ async def restarts(method: StartMethod, reps: int) -> tuple[list[float], list[fl
             total.append(ready - t0)
             detect.append(failed - t0)
     return total, detect
+
+
+async def policy_restarts(method: StartMethod, reps: int, prespawn: bool) -> list[float]:
+    """MTTR samples through RestartingSupervisor (zero backoff, no intensity limit)."""
+    policy = RestartPolicy(
+        backoff_base=0.0, jitter=0.0, max_restarts=10**6, restart_window=1.0, prespawn=prespawn
+    )
+    send, recv = anyio.create_memory_object_stream[BaseEvent](math.inf)
+    sup = RestartingSupervisor(
+        spec=RunnerSpec(engine="echo"),
+        event_sender=send,
+        config=SupervisorConfig(start_method=method),
+        policy=policy,
+    )
+    readies: list[float] = []
+    changed = anyio.Event()
+    samples: list[float] = []
+    rng = random.Random(5)
+
+    async def pump() -> None:
+        nonlocal changed
+        async with recv:
+            async for event in recv:
+                if isinstance(event, RunnerStatusUpdated) and isinstance(event.status, RunnerReady):
+                    readies.append(time.monotonic())
+                    changed.set()
+                    changed = anyio.Event()
+
+    async def ready_count(n: int) -> float:
+        with anyio.fail_after(30):
+            while len(readies) < n:
+                await changed.wait()
+        return readies[n - 1]
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pump)
+
+        async def supervise() -> None:
+            async with send:
+                await sup.run()
+
+        tg.start_soon(supervise)
+        await ready_count(1)
+        for i in range(reps):
+            await anyio.sleep(rng.uniform(0.1, 0.2))  # let the spare (if any) come up
+            pid = sup.pid
+            assert pid is not None
+            t0 = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            samples.append(await ready_count(i + 2) - t0)
+        sup.shutdown()
+        await sup.wait_finished()
+    return samples
 
 
 def run(mode: Mode) -> Section:
@@ -72,6 +132,21 @@ def run(mode: Mode) -> Section:
             f"{method}: of the median {fmt(st.median, 's')}, detection (kill -> RunnerFailed) "
             f"took {fmt(d.median, 's')}; the rest is starting the new process, importing the "
             "runner and running LoadModel + Warmup."
+        )
+    bench = "MTTR via RestartingSupervisor (zero backoff)"
+    for method, prespawn in (("spawn", False), ("forkserver", False), ("spawn", True)):
+        label = f"ours, {method}" + (", prespawned spare" if prespawn else "")
+        progress(f"mttr: {reps} policy restarts, {label}")
+        st = Stats.of(run_async(mode, partial(policy_restarts, method, reps, prespawn)), "s")
+        s.add(
+            Row(
+                bench,
+                label,
+                "s",
+                st,
+                target=f"p50 <= {TARGET_P50 * 1e3:g} ms",
+                met=st.median <= TARGET_P50,
+            )
         )
     spawn, fork = medians["spawn"], medians["forkserver"]
     s.notes.insert(
