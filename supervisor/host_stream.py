@@ -37,6 +37,19 @@ class HostStream:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             self._lose()
 
+    def try_send(self, event: BaseEvent) -> bool:
+        """Send without waiting; False if the host's bounded stream is full (then await
+        `send`). A host that is gone counts as sent."""
+        if self.gone:
+            return True
+        try:
+            self._sender.send_nowait(event)
+        except anyio.WouldBlock:
+            return False
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._lose()
+        return True
+
     def send_nowait(self, event: BaseEvent) -> None:
         """Best effort, never waits: for paths that are being cancelled."""
         if self.gone:

@@ -343,9 +343,19 @@ class RunnerSupervisor:
     # ------------------------------------------------------------- detectors
     async def _forward_events(self) -> None:
         reader = self._proc.events
+        try_send = self._host.try_send
         while True:
             messages = await reader.receive()
             for msg in messages:
+                # The hot path, one per token: no bookkeeping to do, no coroutine frames.
+                if (
+                    type(msg) is ChunkGenerated
+                    and self._first_chunk_seen
+                    and self._failure is None
+                    and not self._probes
+                    and try_send(msg)
+                ):
+                    continue
                 await self._handle(msg)
             if reader.eof:
                 self._end(_EndCause(detected_by="channel"))
