@@ -193,3 +193,13 @@ def test_systemd_notify_ready_and_watchdog(cli: StartCli) -> None:
             assert c.wait(15) == 128 + signal.SIGTERM
         finally:
             sock.close()
+
+
+def test_health_port_in_use_is_a_usage_error(cli: StartCli) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        c = cli("--health-port", str(port), "--serve")
+        assert c.wait(15) == 2
+    assert "cannot serve health endpoints" in c.stderr()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import anyio
 from anyio.abc import TaskGroup
+from loguru import logger
 
 from supervisor.cli_input import InputError
 from supervisor.cli_worker import (
@@ -62,7 +63,17 @@ class ServingWorkerRun(WorkerRun):
                 from supervisor.health import serve_health
 
                 metrics.watch_live(rsup)
-                await tg.start(serve_health, rsup, self.health_host, self.health_port, metrics)
+                try:
+                    await tg.start(serve_health, rsup, self.health_host, self.health_port, metrics)
+                except OSError as exc:  # port in use, address not ours: a usage error
+                    logger.error(
+                        "cannot serve health endpoints on {}:{}: {}",
+                        self.health_host,
+                        self.health_port,
+                        exc.strerror or exc,
+                    )
+                    self.bad_input += 1
+                    self._driver.cancel()
             tg.start_soon(run_sd_notify, rsup)
             await self.serve(tg)
             rsup.shutdown()
