@@ -75,13 +75,13 @@ def test_restart_after_kill_9_with_health_endpoints(cli: StartCli) -> None:
     assert c.wait(15) == 128 + signal.SIGTERM
 
 
-def _serve(cli: StartCli, port: int) -> Cli:
-    # Positional prompts only: the run ends by SIGTERM, not by end of input.
+def _serve(cli: StartCli, port: int, backoff: str = "0") -> Cli:
+    # A service: stdin stays open, so the run ends by SIGTERM, not by end of input.
     return cli(
         "--restart",
         "on-failure",
         "--backoff-base",
-        "0",
+        backoff,
         "--token-delay",
         "0.01",
         "--max-tokens",
@@ -99,24 +99,7 @@ def _serve(cli: StartCli, port: int) -> Cli:
 
 def test_readyz_is_503_with_retry_after_while_the_runner_restarts(cli: StartCli) -> None:
     port = _free_port()
-    c = cli(
-        "--restart",
-        "on-failure",
-        "--backoff-base",
-        "1",
-        "--token-delay",
-        "0.01",
-        "--max-tokens",
-        "100000",
-        "--runner-id",
-        "svc",
-        "--health-port",
-        str(port),
-        "--stdin",
-        "x",
-        stdin=b"",
-        hold_stdin=True,
-    )
+    c = _serve(cli, port, backoff="1")
     pid = c.runner_pid
     _wait_status(port, "/readyz", 200)
     os.kill(pid, signal.SIGKILL)

@@ -12,16 +12,13 @@ import math
 from dataclasses import dataclass, field
 
 import anyio
-from anyio.abc import TaskGroup
 from loguru import logger
 
-from supervisor.cli_input import InputError
 from supervisor.cli_worker import (
     TaskTracker,
     WorkerRun,
 )
-from supervisor.errors import DuplicateTaskError, RunnerFailedError
-from supervisor.protocol import BaseEvent, BaseTask, RunnerIdle, RunnerStatusUpdated, TaskStatus
+from supervisor.protocol import BaseEvent, BaseTask, RunnerIdle, RunnerStatusUpdated
 from supervisor.restart import RestartingSupervisor
 from supervisor.restart_policy import RestartPolicy
 from supervisor.sdnotify import run_sd_notify
@@ -104,28 +101,15 @@ class ServingWorkerRun(WorkerRun):
         if current is not None:
             current.kill()
 
-    async def serve(self, tg: TaskGroup) -> None:
-        with self._driver:
-            async for line, item in self.source:
-                if isinstance(item, InputError):
-                    self._reject(item.line, item.error)
-                    continue
-                await self._submit_restarting(item, line)
-                if self.rsup is not None and (self.rsup.gave_up or self.rsup.finished):
-                    return
-            if self.keep_serving:
-                await anyio.sleep_forever()  # cancelled by a signal or giving up
+    def _startup_tasks(self) -> tuple[BaseTask, ...]:
+        return ()  # RestartingSupervisor loads and warms up every incarnation itself
 
-    async def _submit_restarting(self, task: BaseTask, line: int | None) -> TaskStatus | None:
+    async def _start_task(self, task: BaseTask) -> None:
         assert self.rsup is not None
-        try:
-            await self.rsup.start_task(task)
-        except RunnerFailedError:
-            return None  # the runner is gone for good (gave up): on the event stream
-        except (DuplicateTaskError, TypeError, ValueError) as exc:
-            self._reject(line, f"task {task.task_id!r}: {exc}")
-            return None
-        return await self.tracker.wait_terminal(task.task_id)
+        await self.rsup.start_task(task)  # waits for a Ready incarnation
+
+    def _runner_gone(self) -> bool:
+        return self.rsup is not None and (self.rsup.gave_up or self.rsup.finished)
 
     def _runner_failed(self) -> bool:
         """Only giving up is the run's failure (systemd or the kubelet take over then).

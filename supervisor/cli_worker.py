@@ -195,8 +195,20 @@ class WorkerRun:
             self._shutdown_runner()
 
     # ------------------------------------------------------------------ driver
+    def _startup_tasks(self) -> tuple[BaseTask, ...]:
+        """Driven before the input: this run loads and warms up its one runner."""
+        return (LoadModel(task_id="load"), Warmup(task_id="warmup"))
+
+    async def _start_task(self, task: BaseTask) -> None:
+        assert self.sup is not None
+        await self.sup.start_task(task)
+
+    def _runner_gone(self) -> bool:
+        """No runner will serve the next task: stop feeding."""
+        return self.tracker.failure is not None or (self.sup is not None and self.sup.finished)
+
     async def _drive(self) -> None:
-        for task in (LoadModel(task_id="load"), Warmup(task_id="warmup")):
+        for task in self._startup_tasks():
             status = await self._submit(task)
             if status is not TaskStatus.Complete:
                 return
@@ -205,18 +217,17 @@ class WorkerRun:
                 self._reject(item.line, item.error)
                 continue
             await self._submit(item, line)
-            if self.tracker.failure is not None or (self.sup and self.sup.finished):
+            if self._runner_gone():
                 return
         if self.keep_serving:
             await anyio.sleep_forever()  # cancelled by a signal or the runner's end
 
     async def _submit(self, task: BaseTask, line: int | None = None) -> TaskStatus | None:
         """Run one task to its end. Bad tasks are rejected; the run goes on."""
-        assert self.sup is not None
         try:
-            await self.sup.start_task(task)
+            await self._start_task(task)
         except RunnerFailedError:
-            return None  # reported on the event stream; run() ends with exit 1
+            return None  # reported on the event stream; the exit code says so
         except (DuplicateTaskError, TypeError, ValueError) as exc:
             self._reject(line, f"task {task.task_id!r}: {exc}")
             return None
