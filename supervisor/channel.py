@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import struct
 from collections import deque
 from typing import Any
 
 import anyio
 
-from supervisor.wire import encode_frame, from_wire
+from supervisor.wire import HEADER, LARGE_HEADER, encode_frame, from_wire
 
-_HEADER = struct.Struct("!i")
-_LARGE = struct.Struct("!Q")
 _READ_SIZE = 256 * 1024
 
 __all__ = ["ChannelReader", "ChannelWriter", "FrameDecoder", "encode_frame"]
@@ -51,14 +48,14 @@ class FrameDecoder:
         out: list[Any] = []
         append = out.append
         loads = pickle.loads
-        unpack = _HEADER.unpack_from
+        unpack = HEADER.unpack_from
         while end - pos >= 4:
             (n,) = unpack(data, pos)
             start = pos + 4
             if n == -1:
                 if end - start < 8:
                     break
-                (n,) = _LARGE.unpack_from(data, start)
+                (n,) = LARGE_HEADER.unpack_from(data, start)
                 start += 8
             stop = start + n
             if stop > end:

@@ -59,7 +59,6 @@ class RunnerProcess:
         self.sentinel: int = process.sentinel
         self.signals_sent: list[int] = []
         self.reader = ProcReader(pid)
-        self._reaped = False
         _live.add(self)
 
     @classmethod
@@ -132,12 +131,8 @@ class RunnerProcess:
     # --------------------------------------------------------------- reaping
     @property
     def exitcode(self) -> int | None:
-        if self._reaped:
-            return self.process.exitcode
-        code = self.process.exitcode  # waitpid(WNOHANG) under the hood
-        if code is not None:
-            self._reaped = True
-        return code
+        """``waitpid(WNOHANG)`` until it reaps; multiprocessing caches the code then."""
+        return self.process.exitcode
 
     def is_alive(self) -> bool:
         return self.exitcode is None

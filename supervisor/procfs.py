@@ -9,7 +9,6 @@ Linux, psutil does the same job.
 from __future__ import annotations
 
 import os
-import time
 
 import psutil
 
@@ -91,7 +90,3 @@ class ProcReader:
             if fd is not None:
                 os.close(fd)
         self._stat = self._statm = None
-
-    @staticmethod
-    def now() -> float:
-        return time.monotonic()

@@ -18,8 +18,9 @@ _CHUNK = 1
 _ACK = 2
 _TASK_STATUS = 3
 
-_HEADER = struct.Struct("!i")
-_LARGE = struct.Struct("!Q")
+#: ``multiprocessing.Connection`` framing: a signed 4-byte length, or -1 then 8 bytes.
+HEADER = struct.Struct("!i")
+LARGE_HEADER = struct.Struct("!Q")
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
@@ -55,5 +56,5 @@ def encode_frame(obj: object) -> bytes:
     payload = pickle.dumps(to_wire(obj), protocol=_PROTOCOL)
     n = len(payload)
     if n > 0x7FFFFFFF:
-        return _HEADER.pack(-1) + _LARGE.pack(n) + payload
-    return _HEADER.pack(n) + payload
+        return HEADER.pack(-1) + LARGE_HEADER.pack(n) + payload
+    return HEADER.pack(n) + payload
