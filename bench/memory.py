@@ -33,6 +33,7 @@ import psutil
 
 from bench.common import Mode, fleet, progress, quiet_supervisor_logs, run_async
 from bench.report import Row, Section, Stats, ratio
+from supervisor.core.supervisor import RECENT_TASK_IDS
 from supervisor.protocol import (
     ChunkGenerated,
     Generate,
@@ -40,7 +41,6 @@ from supervisor.protocol import (
     TaskStatus,
     TaskStatusUpdated,
 )
-from supervisor.runner_supervisor import RECENT_TASK_IDS
 
 ROOT = Path(__file__).resolve().parent.parent
 #: allocated blocks per task once bounded bookkeeping is full (noise is ~+-0.1 here)

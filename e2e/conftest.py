@@ -18,7 +18,7 @@ from typing import IO, Any
 import psutil
 import pytest
 
-from tests.leaks import Snapshot
+from tests.support.leaks import Snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import traceback
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from supervisor.spawn_args import BootstrapArgs
+    from supervisor.ipc.spawn_args import BootstrapArgs
 
 #: Exit code of a runner whose engine or loop raised.
 EXIT_CRASHED = 1

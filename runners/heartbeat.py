@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from supervisor.shared import SharedState
+from supervisor.ipc.shared import SharedState
 
 _PR_SET_PDEATHSIG = 1
 

@@ -11,6 +11,8 @@ from multiprocessing.connection import Connection
 
 from runners.chaos import Chaos
 from runners.engines.base import Engine, TaskError
+from supervisor.ipc.shared import SharedState
+from supervisor.ipc.wire import encode_frame
 from supervisor.protocol import (
     DEVICE_UNHEALTHY,
     BaseEvent,
@@ -38,8 +40,6 @@ from supervisor.protocol import (
     TaskUndecodable,
     Warmup,
 )
-from supervisor.shared import SharedState
-from supervisor.wire import encode_frame
 
 
 class _Context:

@@ -13,34 +13,34 @@ from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.errors import DuplicateTaskError, RunnerFailedError
 
 if TYPE_CHECKING:
-    from supervisor.health import serve_health
-    from supervisor.liveness import ResourceSample
-    from supervisor.metrics import SupervisorMetrics
+    from supervisor.core.liveness import ResourceSample
+    from supervisor.core.supervisor import RunnerSupervisor
     from supervisor.node import RunnerNode, UnknownRunnerError
-    from supervisor.observe import RunnerHealth
-    from supervisor.restart import RestartingSupervisor, RunnerUnavailableError
-    from supervisor.restart_events import RunnerRestarting, SupervisorGaveUp
-    from supervisor.restart_policy import RestartPolicy, RestartTracker
-    from supervisor.runner_supervisor import RunnerSupervisor
-    from supervisor.sdnotify import SdNotifier, run_sd_notify
+    from supervisor.ops.health import serve_health
+    from supervisor.ops.metrics import SupervisorMetrics
+    from supervisor.ops.observe import RunnerHealth
+    from supervisor.ops.sdnotify import SdNotifier, run_sd_notify
+    from supervisor.restart.events import RunnerRestarting, SupervisorGaveUp
+    from supervisor.restart.policy import RestartPolicy, RestartTracker
+    from supervisor.restart.supervisor import RestartingSupervisor, RunnerUnavailableError
 
 _LAZY = {
-    "RunnerSupervisor": "supervisor.runner_supervisor",
-    "ResourceSample": "supervisor.liveness",
-    "RestartingSupervisor": "supervisor.restart",
-    "RunnerUnavailableError": "supervisor.restart",
-    "RestartPolicy": "supervisor.restart_policy",
-    "RestartTracker": "supervisor.restart_policy",
-    "RunnerRestarting": "supervisor.restart_events",
-    "SupervisorGaveUp": "supervisor.restart_events",
+    "RunnerSupervisor": "supervisor.core.supervisor",
+    "ResourceSample": "supervisor.core.liveness",
+    "RestartingSupervisor": "supervisor.restart.supervisor",
+    "RunnerUnavailableError": "supervisor.restart.supervisor",
+    "RestartPolicy": "supervisor.restart.policy",
+    "RestartTracker": "supervisor.restart.policy",
+    "RunnerRestarting": "supervisor.restart.events",
+    "SupervisorGaveUp": "supervisor.restart.events",
     "RunnerNode": "supervisor.node",
     "UnknownRunnerError": "supervisor.node",
-    "RunnerHealth": "supervisor.observe",
+    "RunnerHealth": "supervisor.ops.observe",
     # these two need the `health` extra (prometheus-client, h11)
-    "SupervisorMetrics": "supervisor.metrics",
-    "serve_health": "supervisor.health",
-    "SdNotifier": "supervisor.sdnotify",
-    "run_sd_notify": "supervisor.sdnotify",
+    "SupervisorMetrics": "supervisor.ops.metrics",
+    "serve_health": "supervisor.ops.health",
+    "SdNotifier": "supervisor.ops.sdnotify",
+    "run_sd_notify": "supervisor.ops.sdnotify",
 }
 
 

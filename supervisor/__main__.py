@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from supervisor.cli import main
+from supervisor.cli.app import main
 
 # The guard matters: with the spawn start method each runner re-imports the
 # parent's __main__ module (as __mp_main__), which must not start another CLI.

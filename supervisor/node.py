@@ -16,10 +16,10 @@ from anyio.streams.memory import MemoryObjectSendStream
 from loguru import logger
 
 from supervisor.config import RunnerSpec, SupervisorConfig
-from supervisor.observe import RunnerHealth, SupervisorObserver
+from supervisor.ops.observe import RunnerHealth, SupervisorObserver
 from supervisor.protocol import BaseEvent, BaseTask
-from supervisor.restart import RestartingSupervisor
-from supervisor.restart_policy import RestartPolicy
+from supervisor.restart.policy import RestartPolicy
+from supervisor.restart.supervisor import RestartingSupervisor
 
 
 class UnknownRunnerError(KeyError):

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.leaks import Snapshot
+from tests.support.leaks import Snapshot
 
 
 @pytest.fixture(params=["asyncio", "trio"])

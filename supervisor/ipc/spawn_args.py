@@ -1,0 +1,27 @@
+"""What the runner process is started with.
+
+Kept apart from `supervisor.core.process` so that unpickling it in the runner imports
+nothing heavy (no anyio, no psutil): every millisecond here is start-up latency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from supervisor.config import RunnerSpec
+from supervisor.ipc.shared import SharedState
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapArgs:
+    """Everything the runner needs, pickled to the child by multiprocessing."""
+
+    runner_id: str
+    spec: RunnerSpec
+    tasks: Connection
+    events: Connection
+    output: Connection
+    shared: SharedState
+    chaos: bool
+    heartbeat_interval: float

@@ -1,0 +1,177 @@
+"""Prometheus metrics for supervised runners (needs the ``health`` extra: prometheus-client).
+
+Two kinds of numbers:
+
+- Things that happen (failures, restarts, give-ups, finished tasks, detection
+  latency) are counted as they happen: `SupervisorMetrics` is a
+  `SupervisorObserver`; attach it before the runners start.
+- Things that are (heartbeat age, RSS, tasks in flight, phase, incarnation) are
+  read from the live supervisors at scrape time by a custom collector, from
+  values the supervisors already hold: a scrape does no system calls.
+
+Every `SupervisorMetrics` has its own `CollectorRegistry` (never the global one),
+so several nodes or tests in one process do not collide.
+
+Detection latency (``runner_supervisor_detection_latency_seconds``) is the time
+from the best estimate of the moment the runner died or froze to the moment its
+`RunnerFailed` was emitted. For deaths the estimate is when the kernel reported
+the exit through a pidfd (independent of the detectors), for freezes the last
+heartbeat change the supervisor saw. Wedges (progress deadlines), failed probes
+and memory-limit kills have no such moment and are not observed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from supervisor.ops.observe import HealthSource, Phase, RunnerHealth
+from supervisor.protocol import RunnerFailed, TaskStatus
+
+PREFIX = "runner_supervisor"
+#: Seconds. Death detection is event driven (ms); freezes take seconds.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
+ALL_PHASES: tuple[Phase, ...] = (
+    "starting",
+    "loading",
+    "warming_up",
+    "ready",
+    "running",
+    "restarting",
+    "shutting_down",
+    "stopped",
+    "gave_up",
+)
+
+
+class _LiveCollector(Collector):
+    def __init__(self, sources: list[HealthSource]) -> None:
+        self._sources = sources
+
+    def _snapshots(self) -> Iterable[RunnerHealth]:
+        for source in self._sources:
+            yield from source.health_snapshots()
+
+    def collect(self) -> Iterator[Metric]:
+        heartbeat = GaugeMetricFamily(
+            f"{PREFIX}_heartbeat_age_seconds",
+            "Seconds since the runner's heartbeat last changed, as of the last check",
+            labels=["runner_id"],
+        )
+        rss = GaugeMetricFamily(
+            f"{PREFIX}_rss_bytes", "Resident memory of the runner process", labels=["runner_id"]
+        )
+        in_flight = GaugeMetricFamily(
+            f"{PREFIX}_tasks_in_flight",
+            "Tasks sent and not finished: pending (not acknowledged) or in_progress",
+            labels=["runner_id", "state"],
+        )
+        phase = GaugeMetricFamily(
+            f"{PREFIX}_phase", "1 for the runner's current phase", labels=["runner_id", "phase"]
+        )
+        ready = GaugeMetricFamily(
+            f"{PREFIX}_ready",
+            "1 if the runner takes tasks (Ready or Running)",
+            labels=["runner_id"],
+        )
+        incarnation = GaugeMetricFamily(
+            f"{PREFIX}_incarnation",
+            "Number of the runner's current incarnation",
+            labels=["runner_id"],
+        )
+        for h in self._snapshots():
+            rid = h.runner_id
+            if h.heartbeat_age is not None:
+                heartbeat.add_metric([rid], h.heartbeat_age)
+            if h.rss is not None:
+                rss.add_metric([rid], float(h.rss))
+            in_flight.add_metric([rid, "pending"], float(h.pending))
+            in_flight.add_metric([rid, "in_progress"], float(h.in_progress))
+            for name in ALL_PHASES:
+                phase.add_metric([rid, name], 1.0 if h.phase == name else 0.0)
+            ready.add_metric([rid], 1.0 if h.phase in ("ready", "running") else 0.0)
+            incarnation.add_metric([rid], float(h.incarnation))
+        yield from (heartbeat, rss, in_flight, phase, ready, incarnation)
+
+
+class SupervisorMetrics:
+    """Prometheus metrics of one node (or one supervised runner), in their own registry."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, source: HealthSource | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._sources: list[HealthSource] = []
+        r = self.registry
+        self.failures = Counter(
+            f"{PREFIX}_failures",
+            "Runner incarnation failures (RunnerFailed) by reason and detector",
+            ["runner_id", "reason", "detected_by"],
+            registry=r,
+        )
+        self.restarts = Counter(
+            f"{PREFIX}_restarts",
+            "Runner restarts started by the restart policy",
+            ["runner_id"],
+            registry=r,
+        )
+        self.gave_up = Counter(
+            f"{PREFIX}_gave_up",
+            "Times the restart policy gave up on a runner",
+            ["runner_id"],
+            registry=r,
+        )
+        self.tasks = Counter(
+            f"{PREFIX}_tasks",
+            "Host tasks by terminal status",
+            ["runner_id", "status"],
+            registry=r,
+        )
+        self.detection_latency = Histogram(
+            f"{PREFIX}_detection_latency_seconds",
+            "RunnerFailed emitted minus the best estimate of the death or freeze time",
+            ["detected_by"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        r.register(_LiveCollector(self._sources))
+        if source is not None:
+            self.watch(source)
+
+    def watch(self, source: HealthSource) -> None:
+        """Export ``source``'s live gauges and count what happens to it from now on."""
+        self.watch_live(source)
+        source.add_observer(self)
+
+    def watch_live(self, source: HealthSource) -> None:
+        """Export ``source``'s live gauges only (when this object was already given to
+        the supervisor as an observer at construction)."""
+        self._sources.append(source)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+    # ------------------------------------------------------ SupervisorObserver
+    def on_failure(
+        self, runner_id: str, failure: RunnerFailed, detection_latency: float | None
+    ) -> None:
+        self.failures.labels(runner_id, failure.reason, failure.detected_by).inc()
+        if detection_latency is not None:
+            self.detection_latency.labels(failure.detected_by).observe(detection_latency)
+
+    def on_restart(self, runner_id: str, incarnation: int, delay: float) -> None:
+        self.restarts.labels(runner_id).inc()
+
+    def on_gave_up(self, runner_id: str, reason: str) -> None:
+        self.gave_up.labels(runner_id).inc()
+
+    def on_task_finished(self, runner_id: str, status: TaskStatus) -> None:
+        self.tasks.labels(runner_id, str(status)).inc()
+
+
+__all__ = ["LATENCY_BUCKETS", "PREFIX", "SupervisorMetrics"]

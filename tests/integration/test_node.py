@@ -1,0 +1,127 @@
+"""RunnerNode: many restarting runners in one task group, one event stream."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+
+from supervisor import RestartPolicy, RunnerNode, RunnerSpec, SupervisorGaveUp, UnknownRunnerError
+from supervisor.protocol import BaseEvent, Generate, RunnerFailed, RunnerStatusUpdated, TaskStatus
+from tests.support.harness import Recorder
+from tests.support.restart_harness import ready_count
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def running_node(
+    policy: RestartPolicy | None = None,
+) -> AsyncIterator[tuple[RunnerNode, Recorder]]:
+    send, recv = anyio.create_memory_object_stream[BaseEvent](math.inf)
+    node = RunnerNode(event_sender=send, policy=policy or RestartPolicy(backoff_base=0.0))
+    rec = Recorder()
+
+    async def pump() -> None:
+        async with recv:
+            async for event in recv:
+                rec.add(event)
+
+    async def run_and_close() -> None:
+        async with send:
+            await node.run()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pump)
+        tg.start_soon(run_and_close)
+        try:
+            yield node, rec
+            node.shutdown()
+            with anyio.fail_after(60):
+                for runner in list(node.runners.values()):
+                    await runner.wait_finished()
+        finally:
+            if any(not r.finished for r in node.runners.values()):
+                tg.cancel_scope.cancel()
+
+
+def failures_of(rec: Recorder, runner_id: str) -> list[RunnerFailed]:
+    return [
+        e.status
+        for e in rec.of(RunnerStatusUpdated)
+        if e.runner_id == runner_id and isinstance(e.status, RunnerFailed)
+    ]
+
+
+@pytest.mark.slow
+async def test_twenty_runners_one_killed_the_other_nineteen_unaffected() -> None:
+    ids = [f"r{i:02d}" for i in range(20)]
+    async with running_node() as (node, rec):
+        for rid in ids:
+            node.add_runner(rid, RunnerSpec(engine="echo", options={"token_delay": 0.002}))
+        await rec.wait_for(lambda: all(ready_count(rec, rid) == 1 for rid in ids), within=180)
+        pids = {rid: node[rid].pid for rid in ids}
+        assert len(set(pids.values())) == 20
+
+        # Work in flight on every runner while one of them is killed.
+        for rid in ids:
+            await node.start_task(rid, Generate(task_id=f"{rid}-g", prompt="a b", max_tokens=400))
+        await rec.wait_for(lambda: len(rec.chunks("r07-g")) >= 5)
+        os.kill(pids["r07"] or 0, signal.SIGKILL)
+        await rec.wait_for(lambda: ready_count(rec, "r07") == 2, within=60)
+        await rec.wait_for(lambda: all(rec.terminal(f"{rid}-g") for rid in ids), within=120)
+        # The victim's task failed; everyone else finished theirs, untouched.
+        assert rec.terminal("r07-g") == [TaskStatus.Failed]
+        others = [rid for rid in ids if rid != "r07"]
+        for rid in others:
+            assert rec.terminal(f"{rid}-g") == [TaskStatus.Complete], rid
+            assert len(rec.chunks(f"{rid}-g")) == 400, rid
+            assert failures_of(rec, rid) == [], rid
+            assert node[rid].pid == pids[rid], rid
+            assert (node[rid].incarnation, node[rid].restarts) == (1, 0), rid
+        assert len(failures_of(rec, "r07")) == 1
+        assert node["r07"].incarnation == 2
+        assert node["r07"].pid not in (None, pids["r07"])
+        # And the replacement serves again.
+        await node.start_task("r07", Generate(task_id="again", prompt="x", max_tokens=2))
+        await rec.wait_for(lambda: rec.terminal("again") == [TaskStatus.Complete])
+        snaps = node.health_snapshots()
+        assert sorted(h.runner_id for h in snaps) == ids
+        assert all(h.phase in ("ready", "running") for h in snaps)
+
+
+async def test_add_and_remove_runners_at_run_time_and_isolate_a_crash_loop() -> None:
+    async with running_node() as (node, rec):
+        node.add_runner("good", RunnerSpec(engine="echo"))
+        await rec.wait_for(lambda: ready_count(rec, "good") == 1, within=30)
+        good_pid = node["good"].pid
+        with pytest.raises(ValueError, match="already exists"):
+            node.add_runner("good")
+        # A runner that can never load gives up alone.
+        node.add_runner(
+            "bad",
+            RunnerSpec(engine="tests.support.engines:CrashOnLoadEngine"),
+            policy=RestartPolicy(backoff_base=0.0, crash_loop_threshold=2),
+        )
+        await rec.wait_for(lambda: bool(rec.of(SupervisorGaveUp)), within=60)
+        (gave_up,) = rec.of(SupervisorGaveUp)
+        assert gave_up.runner_id == "bad"
+        assert node["bad"].phase == "gave_up"
+        assert node["good"].phase == "ready"
+        assert node["good"].pid == good_pid
+        await node.start_task("good", Generate(task_id="g", prompt="still here", max_tokens=2))
+        await rec.wait_for(lambda: rec.terminal("g") == [TaskStatus.Complete])
+
+        await node.remove_runner("bad")
+        with pytest.raises(UnknownRunnerError):
+            node["bad"]
+        await node.remove_runner("good")
+        assert node.runners == {}
+        assert failures_of(rec, "good") == []
+        node.add_runner("late", RunnerSpec(engine="echo"))
+        await rec.wait_for(lambda: ready_count(rec, "late") == 1, within=30)

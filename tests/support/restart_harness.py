@@ -1,0 +1,108 @@
+"""Runs a `RestartingSupervisor` (or a `RunnerNode`) in a task group and records its events."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import h11
+
+from supervisor import RestartingSupervisor, RestartPolicy, RunnerSpec, SupervisorConfig
+from supervisor.protocol import BaseEvent, RunnerReady, RunnerStatusUpdated
+from tests.support.harness import Recorder
+
+
+def ready_count(rec: Recorder, runner_id: str | None = None) -> int:
+    return sum(
+        1
+        for e in rec.of(RunnerStatusUpdated)
+        if isinstance(e.status, RunnerReady) and runner_id in (None, e.runner_id)
+    )
+
+
+@dataclass
+class Restarting:
+    sup: RestartingSupervisor
+    rec: Recorder
+
+    async def ready(self, count: int = 1, within: float = 30.0) -> None:
+        """Wait until ``count`` incarnations have reached Ready (RunnerReady events)."""
+        await self.rec.wait_for(lambda: ready_count(self.rec) >= count, within=within)
+
+
+@asynccontextmanager
+async def restarting(
+    spec: RunnerSpec | None = None,
+    policy: RestartPolicy | None = None,
+    config: SupervisorConfig | None = None,
+    **kwargs: Any,
+) -> AsyncIterator[Restarting]:
+    send, recv = anyio.create_memory_object_stream[BaseEvent](math.inf)
+    sup = RestartingSupervisor(
+        spec=spec or RunnerSpec(engine="echo"),
+        event_sender=send,
+        config=config,
+        policy=policy or RestartPolicy(backoff_base=0.0),
+        runner_id="r1",
+        **kwargs,
+    )
+    rec = Recorder()
+
+    async def pump() -> None:
+        async with recv:
+            async for event in recv:
+                rec.add(event)
+
+    async def run_and_close() -> None:
+        async with send:
+            await sup.run()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pump)
+        tg.start_soon(run_and_close)
+        try:
+            yield Restarting(sup, rec)
+            sup.shutdown()
+            with anyio.fail_after(20):
+                await sup.wait_finished()
+        finally:
+            if not sup.finished:
+                tg.cancel_scope.cancel()
+
+
+@dataclass
+class HttpResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+async def http_request(
+    port: int, target: str, method: str = "GET", host: str = "127.0.0.1"
+) -> HttpResponse:
+    """One HTTP/1.1 request with h11 as the client, like a kubelet probe (new connection)."""
+    async with await anyio.connect_tcp(host, port) as stream:
+        conn = h11.Connection(h11.CLIENT)
+        request = h11.Request(
+            method=method, target=target, headers=[("host", "localhost"), ("connection", "close")]
+        )
+        await stream.send((conn.send(request) or b"") + (conn.send(h11.EndOfMessage()) or b""))
+        status, headers, body = 0, {}, b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    conn.receive_data(await stream.receive())
+                except anyio.EndOfStream:
+                    conn.receive_data(b"")
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+                headers = {k.decode(): v.decode() for k, v in event.headers}
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                return HttpResponse(status, headers, body)
