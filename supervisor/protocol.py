@@ -137,6 +137,10 @@ BUSY_STATUSES: tuple[type[BaseRunnerStatus], ...] = (
     RunnerWarmingUp,
     RunnerRunning,
 )
+#: Statuses in which the runner takes new work.
+READY_STATUSES: tuple[type[BaseRunnerStatus], ...] = (RunnerReady, RunnerRunning)
+#: Statuses after which the incarnation says nothing more.
+FINAL_STATUSES: tuple[type[BaseRunnerStatus], ...] = (RunnerShutdown, RunnerFailed)
 
 # -------------------------------------------------------------------- task status
 
@@ -243,6 +247,8 @@ class CrashReport:
 __all__ = [
     "BUSY_STATUSES",
     "DEVICE_UNHEALTHY",
+    "FINAL_STATUSES",
+    "READY_STATUSES",
     "BaseEvent",
     "BaseRunnerStatus",
     "BaseTask",
