@@ -10,7 +10,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from supervisor.config import RunnerSpec, SupervisorConfig
-from supervisor.errors import DuplicateTaskError, RunnerFailedError
+from supervisor.errors import (
+    DuplicateTaskError,
+    ReservedTaskIdError,
+    RunnerFailedError,
+    RunnerUnavailableError,
+    SupervisorClosedError,
+    SupervisorError,
+)
 
 if TYPE_CHECKING:
     from supervisor.core.liveness import ResourceSample
@@ -22,13 +29,12 @@ if TYPE_CHECKING:
     from supervisor.ops.sdnotify import SdNotifier, run_sd_notify
     from supervisor.restart.events import RunnerRestarting, SupervisorGaveUp
     from supervisor.restart.policy import RestartPolicy, RestartTracker
-    from supervisor.restart.supervisor import RestartingSupervisor, RunnerUnavailableError
+    from supervisor.restart.supervisor import RestartingSupervisor
 
 _LAZY = {
     "RunnerSupervisor": "supervisor.core.supervisor",
     "ResourceSample": "supervisor.core.liveness",
     "RestartingSupervisor": "supervisor.restart.supervisor",
-    "RunnerUnavailableError": "supervisor.restart.supervisor",
     "RestartPolicy": "supervisor.restart.policy",
     "RestartTracker": "supervisor.restart.policy",
     "RunnerRestarting": "supervisor.restart.events",
@@ -53,6 +59,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DuplicateTaskError",
+    "ReservedTaskIdError",
     "ResourceSample",
     "RestartPolicy",
     "RestartTracker",
@@ -65,7 +72,9 @@ __all__ = [
     "RunnerSupervisor",
     "RunnerUnavailableError",
     "SdNotifier",
+    "SupervisorClosedError",
     "SupervisorConfig",
+    "SupervisorError",
     "SupervisorGaveUp",
     "SupervisorMetrics",
     "UnknownRunnerError",

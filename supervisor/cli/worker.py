@@ -23,7 +23,7 @@ from supervisor.cli.inputs import InputError
 from supervisor.cli.output import Output
 from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.core.supervisor import RunnerSupervisor
-from supervisor.errors import DuplicateTaskError, RunnerFailedError
+from supervisor.errors import DuplicateTaskError, SupervisorError
 from supervisor.protocol import (
     BaseEvent,
     BaseTask,
@@ -226,8 +226,8 @@ class WorkerRun:
         """Run one task to its end. Bad tasks are rejected; the run goes on."""
         try:
             await self._start_task(task)
-        except RunnerFailedError:
-            return None  # reported on the event stream; the exit code says so
+        except SupervisorError:
+            return None  # failed, unavailable or closed: the event stream and exit code say so
         except (DuplicateTaskError, TypeError, ValueError) as exc:
             self._reject(line, f"task {task.task_id!r}: {exc}")
             return None

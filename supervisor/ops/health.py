@@ -30,7 +30,8 @@ from anyio.abc import SocketAttribute
 from loguru import logger
 
 from supervisor.ops.metrics import SupervisorMetrics
-from supervisor.ops.observe import PERMANENT_PHASES, READY_PHASES, HealthSource, RunnerHealth
+from supervisor.ops.observe import HealthSource, RunnerHealth
+from supervisor.ops.phases import NO_RETRY_PHASES, PERMANENT_PHASES, READY_PHASES
 
 #: Seconds a client gets to send a whole request, and to idle between requests.
 REQUEST_TIMEOUT = 10.0
@@ -40,8 +41,6 @@ MAX_REQUEST_BYTES = 16 * 1024
 MAX_CONNECTIONS = 64
 #: Retry-After while loading or warming up: a guess, loads take seconds to minutes.
 LOADING_RETRY_AFTER = 5
-#: Phases that will not become ready by themselves soon: no Retry-After.
-_NO_RETRY = frozenset({"shutting_down", "stopped", "gave_up"})
 
 _TEXT = "text/plain; charset=utf-8"
 
@@ -94,7 +93,7 @@ def retry_after(snaps: Sequence[RunnerHealth]) -> int | None:
     for h in snaps:
         if h.phase in READY_PHASES:
             continue
-        if h.phase in _NO_RETRY:
+        if h.phase in NO_RETRY_PHASES:
             return None
         if h.phase == "restarting" and h.retry_after is not None:
             waits.append(max(1, math.ceil(h.retry_after) + 1))

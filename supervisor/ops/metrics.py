@@ -29,23 +29,13 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from supervisor.ops.observe import HealthSource, Phase, RunnerHealth
+from supervisor.ops.observe import HealthSource, RunnerHealth
+from supervisor.ops.phases import ALL_PHASES
 from supervisor.protocol import RunnerFailed, TaskStatus
 
 PREFIX = "runner_supervisor"
 #: Seconds. Death detection is event driven (ms); freezes take seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
-ALL_PHASES: tuple[Phase, ...] = (
-    "starting",
-    "loading",
-    "warming_up",
-    "ready",
-    "running",
-    "restarting",
-    "shutting_down",
-    "stopped",
-    "gave_up",
-)
 
 
 class _LiveCollector(Collector):

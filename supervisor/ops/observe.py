@@ -8,26 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypeAlias
+from typing import Protocol
 
+from supervisor.ops.phases import Phase
 from supervisor.protocol import RunnerFailed, TaskStatus
-
-Phase: TypeAlias = Literal[
-    "starting",
-    "loading",
-    "warming_up",
-    "ready",
-    "running",
-    "restarting",
-    "shutting_down",
-    "stopped",
-    "gave_up",
-]
-
-#: Phases in which the runner takes work: readiness is 200 only here.
-READY_PHASES: frozenset[Phase] = frozenset({"ready", "running"})
-#: Phases from which nothing will come back by itself: liveness fails here.
-PERMANENT_PHASES: frozenset[Phase] = frozenset({"gave_up"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +61,4 @@ class SupervisorObserver(Protocol):
         warm-up tasks are not counted)."""
 
 
-__all__ = [
-    "PERMANENT_PHASES",
-    "READY_PHASES",
-    "HealthSource",
-    "Phase",
-    "RunnerHealth",
-    "SupervisorObserver",
-]
+__all__ = ["HealthSource", "RunnerHealth", "SupervisorObserver"]

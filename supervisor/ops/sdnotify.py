@@ -20,7 +20,8 @@ from collections.abc import Mapping
 import anyio
 from loguru import logger
 
-from supervisor.ops.observe import PERMANENT_PHASES, READY_PHASES, HealthSource
+from supervisor.ops.observe import HealthSource
+from supervisor.ops.phases import PERMANENT_PHASES, READY_PHASES
 
 
 def notify_address(env: Mapping[str, str] | None = None) -> str | None:

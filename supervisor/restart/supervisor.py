@@ -13,14 +13,14 @@ when the policy stops restarting after a failure.
 
 from __future__ import annotations
 
-import math
+import functools
 import os
 import random
 import time
 from collections.abc import Mapping, Sequence
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 from loguru import logger
 
 from supervisor.config import RunnerSpec, SupervisorConfig
@@ -28,8 +28,9 @@ from supervisor.core.done import DONE, Done
 from supervisor.core.host_stream import HostStream
 from supervisor.core.liveness import ResourceSample
 from supervisor.core.supervisor import RunnerSupervisor
-from supervisor.errors import RunnerFailedError
-from supervisor.ops.observe import Phase, RunnerHealth, SupervisorObserver
+from supervisor.errors import RunnerUnavailableError, SupervisorClosedError
+from supervisor.ops.observe import RunnerHealth, SupervisorObserver
+from supervisor.ops.phases import Phase
 from supervisor.protocol import (
     BaseEvent,
     BaseRunnerStatus,
@@ -37,97 +38,20 @@ from supervisor.protocol import (
     LoadModel,
     RunnerFailed,
     RunnerIdle,
-    RunnerLoaded,
-    RunnerLoading,
     RunnerReady,
-    RunnerRunning,
-    RunnerShutdown,
-    RunnerShuttingDown,
     RunnerStatusUpdated,
-    RunnerWarmingUp,
-    Shutdown,
     TaskAcknowledged,
     TaskStatus,
     TaskStatusUpdated,
     Warmup,
 )
 from supervisor.restart.events import RunnerRestarting, SupervisorGaveUp
-from supervisor.restart.policy import Decision, GiveUp, Restart, RestartPolicy, RestartTracker, Stop
+from supervisor.restart.incarnation import Incarnation
+from supervisor.restart.launcher import Launcher
+from supervisor.restart.lifecycle import RestartState, restart_lifecycle
+from supervisor.restart.policy import Decision, GiveUp, Restart, RestartPolicy, RestartTracker
 
-_READY = (RunnerReady, RunnerRunning)
-_PHASES: dict[type[BaseRunnerStatus], Phase] = {
-    RunnerIdle: "starting",
-    RunnerLoading: "loading",
-    RunnerLoaded: "warming_up",
-    RunnerWarmingUp: "warming_up",
-    RunnerReady: "ready",
-    RunnerRunning: "running",
-    RunnerShuttingDown: "shutting_down",
-    RunnerShutdown: "restarting",
-    RunnerFailed: "restarting",
-}
-#: Failures in which the process is gone: their death time is when it exited.
-_DEATHS = frozenset({"exited", "signalled", "crashed"})
-
-
-class RunnerUnavailableError(RunnerFailedError):
-    """No Ready incarnation to take the task: restarting for too long, gave up or stopped.
-
-    ``status`` is the last incarnation's `RunnerFailed`, or one describing the wait.
-    """
-
-
-def _open_pidfd(pid: int) -> int | None:
-    """A pidfd turns readable when the process exits: an independent death clock."""
-    opener = getattr(os, "pidfd_open", None)
-    if opener is None:
-        return None
-    try:
-        fd: int = opener(pid)
-    except OSError:
-        return None
-    return fd
-
-
-class _Incarnation:
-    __slots__ = (
-        "decision",
-        "exited_at",
-        "failure",
-        "host_shutdown",
-        "number",
-        "ready_at",
-        "requeued",
-        "settled",
-        "startup_ids",
-        "sup",
-        "unacked",
-    )
-
-    def __init__(self, number: int, startup_ids: tuple[str, str]) -> None:
-        self.number = number
-        self.startup_ids = startup_ids
-        self.sup: RunnerSupervisor | None = None
-        self.unacked: set[str] = set()  # host tasks handed over, not yet acknowledged
-        self.requeued: set[str] = set()  # of those, the ones whose Failed we held back
-        self.failure: RunnerFailed | None = None
-        self.decision: Decision | None = None
-        self.ready_at: float | None = None
-        self.exited_at: float | None = None
-        self.host_shutdown = False
-        self.settled = anyio.Event()  # every event of this incarnation went through
-
-
-class _Spare:
-    """A runner process started ahead of need (``policy.prespawn``), Idle, watched."""
-
-    __slots__ = ("adopted", "done", "recv", "sup")
-
-    def __init__(self, sup: RunnerSupervisor, recv: MemoryObjectReceiveStream[BaseEvent]) -> None:
-        self.sup = sup
-        self.recv = recv  # its events wait here until it is adopted
-        self.done = anyio.Event()
-        self.adopted = False
+_S = RestartState
 
 
 class RestartingSupervisor:
@@ -151,18 +75,14 @@ class RestartingSupervisor:
         self._host = HostStream(event_sender, self.runner_id)
         self._observers: list[SupervisorObserver] = list(observers)
         self._tracker = RestartTracker(self.policy, rng)
-        self._current: _Incarnation | None = None
+        self._life = restart_lifecycle()
+        self._changed = self._life.changed  # the one wake-up, for state and incarnation news
+        self._launcher = Launcher(
+            spec=self.spec, config=self.config, runner_id=self.runner_id, changed=self._changed
+        )
+        self._current: Incarnation | None = None
         self._last_failure: RunnerFailed | None = None
-        self._gave_up: str | None = None
         self._restart_at: float | None = None
-        self._run_called = False
-        self._stopping = False
-        self._finished = False
-        self._changed: anyio.Event | None = None
-        self._stop_event: anyio.Event | None = None
-        self._spare: _Spare | None = None
-        self._spare_tg: anyio.abc.TaskGroup | None = None
-        self._spare_scope: anyio.CancelScope | None = None
 
     # ---------------------------------------------------------------- read-only
     @property
@@ -183,8 +103,7 @@ class RestartingSupervisor:
     @property
     def spare_pid(self) -> int | None:
         """The pre-started spare runner's pid (``policy.prespawn``), if one is waiting."""
-        spare = self._spare
-        return None if spare is None or spare.done.is_set() else spare.sup.pid
+        return self._launcher.spare_pid
 
     @property
     def pid(self) -> int | None:
@@ -206,20 +125,23 @@ class RestartingSupervisor:
 
     @property
     def gave_up(self) -> bool:
-        return self._gave_up is not None
+        return self._life.state.gave_up
 
     @property
     def gave_up_reason(self) -> str | None:
-        return self._gave_up
+        inc = self._current
+        if self.gave_up and inc is not None and isinstance(inc.decision, GiveUp):
+            return inc.decision.reason
+        return None
 
     @property
     def started(self) -> bool:
         """True once `run` was called."""
-        return self._run_called
+        return self._life.state.started
 
     @property
     def finished(self) -> bool:
-        return self._finished
+        return self._life.state.ended
 
     @property
     def heartbeat_age(self) -> float | None:
@@ -243,20 +165,10 @@ class RestartingSupervisor:
 
     @property
     def phase(self) -> Phase:
-        if self._gave_up is not None:
-            return "gave_up"
-        if self._finished:
-            return "stopped"
-        if self._stopping:
-            return "shutting_down"
-        inc = self._current
-        if inc is None:
-            return "starting"
-        if isinstance(inc.decision, Stop):
-            return "stopped"
-        if inc.sup is None:
-            return "restarting"
-        return _PHASES.get(type(inc.sup.status), "starting")
+        shown = self._life.state.shown_phase
+        if shown is not None:
+            return shown
+        return "starting" if self._current is None else self._current.phase
 
     @property
     def retry_after(self) -> float | None:
@@ -278,7 +190,7 @@ class RestartingSupervisor:
             pending=len(self.pending),
             in_progress=len(self.in_progress),
             retry_after=self.retry_after,
-            gave_up_reason=self._gave_up,
+            gave_up_reason=self.gave_up_reason,
         )
 
     def health_snapshots(self) -> Sequence[RunnerHealth]:
@@ -289,8 +201,7 @@ class RestartingSupervisor:
 
     async def wait_finished(self) -> None:
         """Wait until no incarnation runs and none will start."""
-        while not self._finished:
-            await self._wait_changed()
+        await self._changed.wait_until(lambda: self._life.state.ended)
 
     # --------------------------------------------------------------- commands
     async def start_task(self, task: BaseTask, *, within: float | None = None) -> None:
@@ -298,9 +209,11 @@ class RestartingSupervisor:
 
         While the runner is starting or restarting this waits for it to be Ready,
         up to ``within`` seconds (default ``policy.ready_wait``), then raises
-        `RunnerUnavailableError`. Raises `RunnerFailedError` if the incarnation
-        fails before acknowledging the task, unless the policy re-queues it: then
-        it is handed to the next incarnation and this keeps waiting.
+        `RunnerUnavailableError` (also at once if the policy gave up);
+        `SupervisorClosedError` once shut down or stopped. Raises
+        `RunnerFailedError` if the incarnation fails before acknowledging the
+        task, unless the policy re-queues it: then it is handed to the next
+        incarnation and this keeps waiting.
         """
         if isinstance(task, (LoadModel, Warmup)):
             raise ValueError(
@@ -309,49 +222,20 @@ class RestartingSupervisor:
         tid = task.task_id
         wait = self.policy.ready_wait if within is None else within
         owed = False  # we held back this task's Failed and still owe the host an answer
-        inc: _Incarnation | None = None
+        inc: Incarnation | None = None
         try:
             while True:
                 inc = await self._wait_ready(wait)
-                sup = inc.sup
-                assert sup is not None
-                if isinstance(task, Shutdown):
-                    inc.host_shutdown = True
-                inc.unacked.add(tid)
                 owed = False  # from here on, this incarnation answers for the task
-                try:
-                    await sup.start_task(task)
-                except RunnerFailedError:
-                    if not self.policy.requeue_unacknowledged:
-                        inc.unacked.discard(tid)
-                        raise
-                    try:
-                        await inc.settled.wait()  # until the pump saw all its events
-                    finally:
-                        inc.unacked.discard(tid)
-                    if tid not in inc.requeued:
-                        raise
-                    inc.requeued.discard(tid)
-                    owed = True
-                    wait = self.policy.ready_wait
-                    logger.info(
-                        "runner {}: re-queueing unacknowledged task {}", self.runner_id, tid
-                    )
-                    continue
-                except BaseException:
-                    inc.unacked.discard(tid)
-                    raise
-                inc.unacked.discard(tid)
-                return
+                if await inc.deliver(task):
+                    return
+                owed = True
+                wait = self.policy.ready_wait
+                logger.info("runner {}: re-queueing unacknowledged task {}", self.runner_id, tid)
         except BaseException as exc:
-            if owed or (inc is not None and tid in inc.requeued):
-                self._emit_nowait(
-                    TaskStatusUpdated(
-                        tid,
-                        TaskStatus.Failed,
-                        f"runner failed; re-queued task not delivered ({exc})",
-                    )
-                )
+            if owed or (inc is not None and inc.owes(tid)):
+                error = f"runner failed; re-queued task not delivered ({exc})"
+                self._host.send_nowait(TaskStatusUpdated(tid, TaskStatus.Failed, error))
             raise
 
     def cancel_task(self, task_id: str) -> Done:
@@ -363,348 +247,153 @@ class RestartingSupervisor:
 
     def shutdown(self) -> Done:
         """Stop for good: no more restarts; the current runner shuts down gracefully."""
-        if not self._stopping:
-            self._stopping = True
-            if self._stop_event is not None:
-                self._stop_event.set()
+        target = _S.CLOSED if self._life.state is _S.CREATED else _S.STOPPING
+        if self._life.advance(target):
             sup = self.current
             if sup is not None and not sup.finished:
                 sup.shutdown()
-            self._retire_spare()
-            self._notify()
+            self._launcher.retire_spare()
         return DONE
 
     # -------------------------------------------------------------------- run
     async def run(self) -> None:
         """Run incarnations until shut down or the policy gives up. Never raises for a failure."""
-        if self._run_called:
+        if self._life.state is _S.CLOSED:
+            self._life.transition(_S.FINISHED)
+            return
+        if not self._life.advance(_S.RUNNING):
             raise RuntimeError("RestartingSupervisor.run() may only be called once")
-        self._run_called = True
-        self._stop_event = anyio.Event()
-        if self._stopping:
-            self._stop_event.set()
         try:
-            async with anyio.create_task_group() as spare_tg:
-                self._spare_tg = spare_tg
-                if self.policy.prespawn:
-                    spare_tg.start_soon(self._keep_spare)
-                try:
-                    await self._incarnations()
-                finally:
-                    self._retire_spare()
-                    if self._spare_scope is not None:
-                        self._spare_scope.cancel()
+            spare_wanted = self._spare_wanted if self.policy.prespawn else None
+            async with self._launcher.open(spare_wanted):
+                await self._incarnations()
         finally:
             self._restart_at = None
-            self._finished = True
-            self._notify()
+            self._life.transition(_S.GAVE_UP if self._life.state is _S.GIVING_UP else _S.FINISHED)
 
     async def _incarnations(self) -> None:
         """The restart loop."""
         number = 0
-        while not self._stopping:
+        while self._life.state is _S.RUNNING:
             number += 1
-            inc = _Incarnation(
-                number, (f"{self.runner_id}:load:{number}", f"{self.runner_id}:warmup:{number}")
-            )
+            inc = Incarnation(number, self.runner_id, requeues=self.policy.requeue_unacknowledged)
             self._current = inc
             self._restart_at = None
-            self._notify()
+            self._changed.notify()
             await self._run_incarnation(inc)
             decision = self._decide(inc)
-            if self._stopping or isinstance(decision, Stop):
-                break
             if isinstance(decision, GiveUp):
                 logger.error("runner {}: giving up: {}", self.runner_id, decision.reason)
                 for obs in self._observers:
                     obs.on_gave_up(self.runner_id, decision.reason)
-                await self._emit(
-                    SupervisorGaveUp(
-                        self.runner_id, decision.reason, self.restarts, self._last_failure
-                    )
+                last = self._last_failure
+                await self._host.send(
+                    SupervisorGaveUp(self.runner_id, decision.reason, self.restarts, last)
                 )
-                break
-            logger.info(
-                "runner {}: restart {} in {:.3f}s",
-                self.runner_id,
-                decision.attempt,
-                decision.delay,
-            )
-            for obs in self._observers:
-                obs.on_restart(self.runner_id, number + 1, decision.delay)
-            self._restart_at = time.monotonic() + decision.delay
-            await self._emit(
-                RunnerRestarting(self.runner_id, number + 1, decision.delay, self.restarts)
-            )
-            self._notify()
-            if decision.delay > 0:
-                assert self._stop_event is not None
-                with anyio.move_on_after(decision.delay):
-                    await self._stop_event.wait()
-
-    def _decide(self, inc: _Incarnation) -> Decision:
-        """Once per incarnation: at its failure (so that the requeue choice is known
-        before its tasks' Failed events arrive) or at its end."""
-        if inc.decision is None:
-            if self._stopping:
-                inc.decision = Stop()
-            else:
-                inc.decision = self._tracker.on_end(
-                    time.monotonic(),
-                    failed=inc.failure is not None,
-                    reached_ready=inc.ready_at is not None,
-                )
-            if isinstance(inc.decision, GiveUp):
-                self._gave_up = inc.decision.reason
-        return inc.decision
-
-    async def _run_incarnation(self, inc: _Incarnation) -> None:
-        launched = self._adopt_spare()
-        if launched is None:
-            try:
-                launched = self._launch()
-            except Exception as exc:  # noqa: BLE001 - a spawn failure is this incarnation's failure
-                logger.opt(exception=exc).error(
-                    "runner {}: could not start the runner", self.runner_id
-                )
-                failure = RunnerFailed(
-                    reason="crashed",
-                    error_message=f"could not start the runner: {type(exc).__name__}: {exc}",
-                    detected_by="channel",
-                )
-                self._record_failure(inc, failure, None)
-                await self._emit(RunnerStatusUpdated(self.runner_id, failure))
-                inc.settled.set()
                 return
-        launched.adopted = True
-        sup = inc.sup = launched.sup
-        if self._stopping:
-            sup.shutdown()
-        pidfd = _open_pidfd(sup.pid)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._pump, inc, launched.recv)
-                async with anyio.create_task_group() as side:
-                    if pidfd is not None:
-                        side.start_soon(self._watch_exit, inc, pidfd)
-                    side.start_soon(self._drive_startup, inc, sup)
-                    await launched.done.wait()
-                    side.cancel_scope.cancel()
-        finally:
-            if pidfd is not None:
-                os.close(pidfd)
+            if not isinstance(decision, Restart) or self._life.state is not _S.RUNNING:
+                return
+            await self._before_restart(number + 1, decision)
+
+    async def _before_restart(self, number: int, decision: Restart) -> None:
+        """Announce incarnation ``number`` and wait its backoff (cut short by a shutdown)."""
+        logger.info(
+            "runner {}: restart {} in {:.3f}s", self.runner_id, decision.attempt, decision.delay
+        )
+        for obs in self._observers:
+            obs.on_restart(self.runner_id, number, decision.delay)
+        self._restart_at = time.monotonic() + decision.delay
+        await self._host.send(
+            RunnerRestarting(self.runner_id, number, decision.delay, self.restarts)
+        )
+        self._changed.notify()
+        if decision.delay > 0:
+            with anyio.move_on_after(decision.delay):
+                await self._changed.wait_until(lambda: self._life.state is not _S.RUNNING)
+
+    def _decide(self, inc: Incarnation) -> Decision:
+        decision = inc.decide(self._tracker, stopping=self._life.state is not _S.RUNNING)
+        if isinstance(decision, GiveUp):
+            self._life.advance(_S.GIVING_UP)  # (a second ask finds it there already)
+        return decision
+
+    def _spare_wanted(self) -> bool:
+        """Once the current incarnation is Ready, a spare stands by for its successor."""
+        inc = self._current
+        return self._life.state is _S.RUNNING and inc is not None and inc.healthy
+
+    async def _run_incarnation(self, inc: Incarnation) -> None:
+        launched = self._launcher.take()
+        if isinstance(launched, RunnerFailed):
+            self._record_failure(inc, launched)
+            await self._host.send(RunnerStatusUpdated(self.runner_id, launched))
             inc.settled.set()
-            self._notify()
-
-    def _launch(self) -> _Spare:
-        """Spawn a runner and start watching it; its events queue until adopted."""
-        assert self._spare_tg is not None
-        send, recv = anyio.create_memory_object_stream[BaseEvent](math.inf)
+            return
+        if self._life.state is not _S.RUNNING:
+            launched.sup.shutdown()
         try:
-            sup = RunnerSupervisor.create(
-                spec=self.spec, event_sender=send, config=self.config, runner_id=self.runner_id
-            )
-        except BaseException:
-            send.close()
-            recv.close()
-            raise
-        launched = _Spare(sup, recv)
+            await inc.run(launched, functools.partial(self._on_event, inc))
+        finally:
+            self._changed.notify()
 
-        async def watch() -> None:
-            try:
-                async with send:
-                    await sup.run()
-            finally:
-                launched.done.set()
-                if not launched.adopted:
-                    recv.close()  # a spare that was never used: its events go nowhere
-                self._notify()
+    async def _on_event(self, inc: Incarnation, event: BaseEvent) -> None:
+        """Update our view from one incarnation event, then pass it on (or hold it back)."""
+        if self._absorb(inc, event):
+            await self._host.send(event)
+        self._changed.notify()
 
-        self._spare_tg.start_soon(watch, name=f"runner {self.runner_id} pid {sup.pid}")
-        return launched
-
-    def _adopt_spare(self) -> _Spare | None:
-        spare, self._spare = self._spare, None
-        if spare is None:
-            return None
-        if spare.done.is_set() or spare.sup.finished or spare.sup.failure is not None:
-            logger.warning("runner {}: the spare runner died while waiting", self.runner_id)
-            spare.sup.kill()
-            return None
-        logger.info("runner {}: adopting spare runner pid {}", self.runner_id, spare.sup.pid)
-        return spare
-
-    def _retire_spare(self) -> None:
-        spare, self._spare = self._spare, None
-        if spare is not None:
-            spare.sup.shutdown()
-
-    async def _keep_spare(self) -> None:
-        """``policy.prespawn``: once the current incarnation is Ready, start the next
-        runner process and leave it Idle, so a restart skips interpreter start-up."""
-        with anyio.CancelScope() as scope:
-            self._spare_scope = scope
-            while not self._stopping:
-                inc = self._current
-                if self._spare is not None and self._spare.done.is_set():
-                    self._spare = None  # it died while waiting: replace it
-                if (
-                    self._spare is None
-                    and inc is not None
-                    and inc.ready_at is not None
-                    and inc.failure is None
-                ):
-                    try:
-                        self._spare = self._launch()
-                    except Exception as exc:  # noqa: BLE001 - no spare is no failure
-                        logger.opt(exception=exc).warning(
-                            "runner {}: could not start a spare runner", self.runner_id
-                        )
-                        await anyio.sleep(1.0)
-                await self._wait_changed()
-
-    async def _watch_exit(self, inc: _Incarnation, pidfd: int) -> None:
-        await anyio.wait_readable(pidfd)
-        inc.exited_at = time.monotonic()
-
-    async def _drive_startup(self, inc: _Incarnation, sup: RunnerSupervisor) -> None:
-        load_id, warmup_id = inc.startup_ids
-        try:
-            await sup.start_task(LoadModel(task_id=load_id))
-            await sup.start_task(Warmup(task_id=warmup_id))
-        except RunnerFailedError:
-            return  # the failure comes through the event stream
-
-    async def _pump(self, inc: _Incarnation, recv: MemoryObjectReceiveStream[BaseEvent]) -> None:
-        async with recv:
-            async for event in recv:
-                if self._absorb(inc, event):
-                    await self._emit(event)
-                self._notify()
-
-    def _absorb(self, inc: _Incarnation, event: BaseEvent) -> bool:
-        """Update our view from one incarnation event; False to hold it back."""
+    def _absorb(self, inc: Incarnation, event: BaseEvent) -> bool:
         if isinstance(event, RunnerStatusUpdated):
             status = event.status
             if isinstance(status, RunnerReady) and inc.ready_at is None:
-                inc.ready_at = time.monotonic()
-                self._tracker.on_ready(inc.ready_at)
+                self._tracker.on_ready(inc.became_ready())
             elif isinstance(status, RunnerFailed) and inc.failure is None:
-                self._record_failure(inc, status, self._detection_latency(inc, status))
+                self._record_failure(inc, status)
         elif isinstance(event, TaskAcknowledged):
-            inc.unacked.discard(event.task_id)
+            inc.acked(event.task_id)
         elif isinstance(event, TaskStatusUpdated) and event.status.terminal:
             tid = event.task_id
-            if (
-                event.status is TaskStatus.Failed
-                and inc.failure is not None
-                and tid in inc.unacked
-                and self.policy.requeue_unacknowledged
-                and isinstance(inc.decision, Restart)
-            ):
-                inc.requeued.add(tid)
+            if event.status is TaskStatus.Failed and inc.hold_back_failed(tid):
                 return False
             if tid in inc.startup_ids:
-                if (
-                    event.status is not TaskStatus.Complete
-                    and inc.failure is None
-                    and not self._stopping
-                    and not inc.host_shutdown
-                ):
-                    logger.error(
-                        "runner {}: start-up task {} ended {} ({}); replacing the runner",
-                        self.runner_id,
-                        tid,
-                        event.status,
-                        event.error,
-                    )
-                    if inc.sup is not None:
-                        inc.sup.kill()
+                inc.startup_task_ended(event, stopping=self._life.state is not _S.RUNNING)
             else:
                 for obs in self._observers:
                     obs.on_task_finished(self.runner_id, event.status)
         return True
 
-    def _record_failure(
-        self, inc: _Incarnation, failure: RunnerFailed, latency: float | None
-    ) -> None:
+    def _record_failure(self, inc: Incarnation, failure: RunnerFailed) -> None:
         inc.failure = failure
         self._last_failure = failure
         for obs in self._observers:
-            obs.on_failure(self.runner_id, failure, latency)
+            obs.on_failure(self.runner_id, failure, inc.detection_latency(failure))
         self._decide(inc)
 
-    def _detection_latency(self, inc: _Incarnation, failure: RunnerFailed) -> float | None:
-        """Failure emitted minus the best estimate of when the runner died or froze.
-
-        Deaths: the pidfd's exit time (the kernel's own notice, independent of the
-        detectors). Freezes: the last heartbeat change the detector saw. Wedges,
-        probe failures and internal errors have no death time: None.
-        """
-        sup = inc.sup
-        if sup is None or sup.failed_at is None:
-            return None
-        exited_at = inc.exited_at
-        if failure.reason in _DEATHS and exited_at is not None and exited_at <= sup.failed_at:
-            # (an exit after the report is our own kill of a live runner: no death time)
-            return sup.failed_at - exited_at
-        if failure.reason == "unresponsive" and sup.heartbeat_age is not None:
-            return sup.heartbeat_age
-        return None
-
     # ------------------------------------------------------------- plumbing
-    async def _wait_ready(self, within: float) -> _Incarnation:
+    async def _wait_ready(self, within: float) -> Incarnation:
         deadline = time.monotonic() + within
         while True:
-            if self._gave_up is not None or self._finished or self._stopping:
-                raise RunnerUnavailableError(
-                    self._last_failure
-                    or RunnerFailed(
-                        reason="exited",
-                        error_message=f"runner {self.runner_id} is {self.phase}; no new tasks",
-                    )
-                )
+            self._check_open()
             inc = self._current
-            if (
-                inc is not None
-                and inc.sup is not None
-                and inc.failure is None
-                and not inc.host_shutdown
-                and inc.sup.failure is None
-                and not inc.sup.finished
-                and isinstance(inc.sup.status, _READY)
-            ):
+            if inc is not None and inc.takes_tasks:
                 return inc
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise RunnerUnavailableError(
-                    RunnerFailed(
-                        reason="unresponsive",
-                        error_message=(
-                            f"runner {self.runner_id} not ready within {within:g}s "
-                            f"(phase {self.phase}, restarts {self.restarts})"
-                        ),
-                    )
+                    f"runner {self.runner_id} not ready within {within:g}s "
+                    f"(phase {self.phase}, restarts {self.restarts})",
+                    self._last_failure,
                 )
             with anyio.move_on_after(remaining):
-                await self._wait_changed()
+                await self._changed.wait()
 
-    async def _wait_changed(self) -> None:
-        if self._changed is None:
-            self._changed = anyio.Event()
-        await self._changed.wait()
-
-    def _notify(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
-
-    async def _emit(self, event: BaseEvent) -> None:
-        await self._host.send(event)
-
-    def _emit_nowait(self, event: BaseEvent) -> None:
-        """For paths being cancelled: best effort, never waits."""
-        self._host.send_nowait(event)
+    def _check_open(self) -> None:
+        if self.gave_up:
+            raise RunnerUnavailableError(
+                f"runner {self.runner_id} gave up: {self.gave_up_reason}", self._last_failure
+            )
+        if not self._life.state.takes_tasks:
+            raise SupervisorClosedError(f"runner {self.runner_id} is {self.phase}; no new tasks")
 
 
 __all__ = ["RestartingSupervisor", "RunnerUnavailableError"]

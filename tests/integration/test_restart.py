@@ -15,6 +15,7 @@ from supervisor import (
     RunnerRestarting,
     RunnerSpec,
     RunnerUnavailableError,
+    SupervisorClosedError,
     SupervisorGaveUp,
 )
 from supervisor.protocol import (
@@ -78,9 +79,11 @@ async def test_never_mode_does_not_restart_and_says_so() -> None:
         await r.rec.wait_for(lambda: bool(r.rec.of(SupervisorGaveUp)))
         with anyio.fail_after(10):
             await r.sup.wait_finished()
-        with pytest.raises(RunnerUnavailableError) as exc:
+        with pytest.raises(RunnerUnavailableError, match="gave up: restart policy") as exc:
             await r.sup.start_task(Generate(task_id="late", prompt="x"))
-    assert isinstance(exc.value, RunnerFailedError)
+    # Unavailable is not a failure of this task's runner: callers tell the two apart.
+    assert not isinstance(exc.value, RunnerFailedError)
+    assert exc.value.last_failure == r.rec.failures()[0]
     (gave_up,) = r.rec.of(SupervisorGaveUp)
     assert gave_up.reason == "restart policy is 'never'"
     assert gave_up.restarts == 0
@@ -255,6 +258,8 @@ async def test_shutdown_during_backoff_stops_at_once() -> None:
         with anyio.fail_after(5):
             await r.sup.wait_finished()
         assert time.monotonic() - t0 < 5
+        with pytest.raises(SupervisorClosedError, match="is stopped; no new tasks"):
+            await r.sup.start_task(Generate(task_id="late", prompt="x"))
     assert r.sup.incarnation == 1
     assert r.sup.phase == "stopped"
     assert r.rec.of(SupervisorGaveUp) == []

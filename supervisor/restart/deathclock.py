@@ -1,0 +1,73 @@
+"""When did the runner die? An independent clock for the detection-latency metric.
+
+The kernel's own notice of a process exit (a pidfd turning readable) times a
+death without trusting the detectors being measured. Freezes have no exit: the
+last heartbeat change the detector saw stands in for their moment.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import anyio
+
+from supervisor.core.supervisor import RunnerSupervisor
+from supervisor.protocol import RunnerFailed
+
+#: Failures in which the process is gone: their death time is when it exited.
+_DEATHS = frozenset({"exited", "signalled", "crashed"})
+
+
+def _open_pidfd(pid: int) -> int | None:
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        fd: int = opener(pid)
+    except OSError:
+        return None
+    return fd
+
+
+class ExitClock:
+    """Records when one process exits (no clock where pidfds are missing)."""
+
+    __slots__ = ("_fd", "exited_at")
+
+    def __init__(self, pid: int) -> None:
+        self._fd = _open_pidfd(pid)
+        self.exited_at: float | None = None
+
+    async def watch(self) -> None:
+        """Wait for the exit and note its time (returns at once without a pidfd)."""
+        if self._fd is not None:
+            await anyio.wait_readable(self._fd)
+            self.exited_at = time.monotonic()
+
+    def close(self) -> None:
+        """Only once nothing waits in `watch` any more."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def detection_latency(
+    sup: RunnerSupervisor, failure: RunnerFailed, exited_at: float | None
+) -> float | None:
+    """Failure emitted minus the best estimate of when the runner died or froze.
+
+    Deaths: the exit time (``exited_at``). Freezes: the heartbeat's age at the
+    report. Wedges, probe failures and internal errors have no death time: None.
+    """
+    if sup.failed_at is None:
+        return None
+    if failure.reason in _DEATHS and exited_at is not None and exited_at <= sup.failed_at:
+        # (an exit after the report is our own kill of a live runner: no death time)
+        return sup.failed_at - exited_at
+    if failure.reason == "unresponsive" and sup.heartbeat_age is not None:
+        return sup.heartbeat_age
+    return None
+
+
+__all__ = ["ExitClock", "detection_latency"]
