@@ -8,6 +8,7 @@ runner's failure (or a bug in its supervision) never touches the others.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 
 import anyio
@@ -16,6 +17,9 @@ from anyio.streams.memory import MemoryObjectSendStream
 from loguru import logger
 
 from supervisor.config import RunnerSpec, SupervisorConfig
+from supervisor.core.done import DONE, Done
+from supervisor.core.lifecycle import StateMachine
+from supervisor.errors import SupervisorClosedError
 from supervisor.ops.observe import RunnerHealth, SupervisorObserver
 from supervisor.protocol import BaseEvent, BaseTask
 from supervisor.restart.policy import RestartPolicy
@@ -24,6 +28,25 @@ from supervisor.restart.supervisor import RestartingSupervisor
 
 class UnknownRunnerError(KeyError):
     """No runner with that id in this node."""
+
+
+class NodeState(enum.Enum):
+    CREATED = "created"  # run() not called yet: added runners wait for it
+    CLOSED = "closed"  # shut down before run(): run() only sees the runners end
+    RUNNING = "running"
+    STOPPING = "stopping"  # shut down: every runner stops gracefully, no new ones
+    FINISHED = "finished"  # run() returned
+
+
+_N = NodeState
+
+TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
+    _N.CREATED: frozenset({_N.RUNNING, _N.CLOSED}),
+    _N.CLOSED: frozenset({_N.STOPPING}),
+    _N.RUNNING: frozenset({_N.STOPPING, _N.FINISHED}),  # FINISHED: run() was cancelled
+    _N.STOPPING: frozenset({_N.FINISHED}),
+    _N.FINISHED: frozenset(),
+}
 
 
 class RunnerNode:
@@ -51,9 +74,8 @@ class RunnerNode:
         self._observers: list[SupervisorObserver] = list(observers)
         self._runners: dict[str, RestartingSupervisor] = {}
         self._tg: anyio.abc.TaskGroup | None = None
-        self._waiting: list[RestartingSupervisor] = []
-        self._stopping = False
-        self._stop_event: anyio.Event | None = None
+        self._waiting: list[RestartingSupervisor] = []  # added before run()
+        self._life = StateMachine(NodeState.CREATED, TRANSITIONS)
 
     # ---------------------------------------------------------------- runners
     @property
@@ -74,8 +96,8 @@ class RunnerNode:
         policy: RestartPolicy | None = None,
     ) -> RestartingSupervisor:
         """Start supervising a new runner (now if the node runs, else when it starts)."""
-        if self._stopping:
-            raise RuntimeError("the node is shutting down; no new runners")
+        if self._life.state not in (_N.CREATED, _N.RUNNING):
+            raise SupervisorClosedError("the node is shutting down; no new runners")
         if not runner_id:
             raise ValueError("runner_id must be a non-empty string")
         if runner_id in self._runners:
@@ -110,8 +132,8 @@ class RunnerNode:
     ) -> None:
         await self[runner_id].start_task(task, within=within)
 
-    def cancel_task(self, runner_id: str, task_id: str) -> None:
-        self[runner_id].cancel_task(task_id)
+    def cancel_task(self, runner_id: str, task_id: str) -> Done:
+        return self[runner_id].cancel_task(task_id)
 
     # ---------------------------------------------------------------- health
     def health_snapshots(self) -> Sequence[RunnerHealth]:
@@ -130,29 +152,30 @@ class RunnerNode:
 
         Cancelling this kills every runner (each supervisor's own clean-up).
         """
-        if self._tg is not None or self._stop_event is not None:
+        state = self._life.state
+        if state not in (_N.CREATED, _N.CLOSED):
             raise RuntimeError("RunnerNode.run() may only be called once")
-        self._stop_event = anyio.Event()
-        if self._stopping:
-            self._stop_event.set()
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            waiting, self._waiting = self._waiting, []
-            for runner in waiting:
-                tg.start_soon(self._supervise, runner, name=f"runner {runner.runner_id}")
-            task_status.started()
-            await self._stop_event.wait()
-            for runner in list(self._runners.values()):
-                runner.shutdown()
-        self._tg = None
+        self._life.transition(_N.RUNNING if state is _N.CREATED else _N.STOPPING)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                waiting, self._waiting = self._waiting, []
+                for runner in waiting:
+                    tg.start_soon(self._supervise, runner, name=f"runner {runner.runner_id}")
+                task_status.started()
+                await self._life.wait_for(_N.STOPPING)
+                for runner in list(self._runners.values()):
+                    runner.shutdown()
+        finally:
+            self._tg = None
+            self._life.transition(_N.FINISHED)
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> Done:
         """Stop every runner gracefully; `run` returns once all have ended."""
-        self._stopping = True
-        if self._stop_event is not None:
-            self._stop_event.set()
+        self._life.advance(_N.CLOSED if self._life.state is _N.CREATED else _N.STOPPING)
         for runner in list(self._runners.values()):
             runner.shutdown()
+        return DONE
 
     async def _supervise(self, runner: RestartingSupervisor) -> None:
         try:
@@ -164,4 +187,4 @@ class RunnerNode:
             runner.shutdown()
 
 
-__all__ = ["RunnerNode", "UnknownRunnerError"]
+__all__ = ["NodeState", "RunnerNode", "UnknownRunnerError"]

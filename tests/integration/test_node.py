@@ -11,7 +11,17 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 
-from supervisor import RestartPolicy, RunnerNode, RunnerSpec, SupervisorGaveUp, UnknownRunnerError
+from supervisor import (
+    RestartPolicy,
+    RunnerNode,
+    RunnerSpec,
+    SupervisorClosedError,
+    SupervisorGaveUp,
+    UnknownRunnerError,
+)
+from supervisor.core.done import DONE
+from supervisor.core.lifecycle import check_table
+from supervisor.node import TRANSITIONS, NodeState
 from supervisor.protocol import BaseEvent, Generate, RunnerFailed, RunnerStatusUpdated, TaskStatus
 from tests.support.harness import Recorder
 from tests.support.restart_harness import ready_count
@@ -125,3 +135,25 @@ async def test_add_and_remove_runners_at_run_time_and_isolate_a_crash_loop() -> 
         assert failures_of(rec, "good") == []
         node.add_runner("late", RunnerSpec(engine="echo"))
         await rec.wait_for(lambda: ready_count(rec, "late") == 1, within=30)
+
+
+def test_the_node_lifecycle_table_is_complete() -> None:
+    check_table(TRANSITIONS, NodeState)
+    finals = {s for s, row in TRANSITIONS.items() if not row}
+    assert finals == {NodeState.FINISHED}
+
+
+async def test_a_node_shut_down_before_run_takes_no_runners_and_run_ends() -> None:
+    send, recv = anyio.create_memory_object_stream[BaseEvent](math.inf)
+    with send, recv:
+        node = RunnerNode(event_sender=send)
+        waiting = node.add_runner("early", RunnerSpec(engine="echo"))
+        assert node.shutdown() is DONE
+        with pytest.raises(SupervisorClosedError, match="no new runners"):
+            node.add_runner("late")
+        with anyio.fail_after(10):
+            await node.run()  # the runner added before ends without a process
+        assert waiting.finished
+        assert waiting.incarnation == 0
+        with pytest.raises(RuntimeError, match="only be called once"):
+            await node.run()
