@@ -66,7 +66,8 @@ def test_happy_path_json_events_and_exit_0(cli: StartCli) -> None:
         "RunnerShutdown",
     ]
     finals = c.final_statuses()
-    for task_id in ("load", "warmup", "prompt-1", "prompt-2"):
+    rid = records[0]["runner_id"]
+    for task_id in (f"{rid}:load:1", f"{rid}:warmup:1", "prompt-1", "prompt-2"):
         assert finals[task_id] == ["Complete"]
     chunks = c.of("ChunkGenerated")
     assert [(r["task_id"], r["index"], r["text"]) for r in chunks] == [

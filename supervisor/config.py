@@ -37,42 +37,137 @@ class SupervisorConfig:
     the per-phase progress deadline.
     """
 
-    start_method: StartMethod = "spawn"
-    chaos: bool = False
+    start_method: StartMethod = field(
+        default="spawn",
+        metadata={
+            "help": "how the runner process is started: spawn (safest) or forkserver "
+            "(faster to start); plain fork is never used from a threaded parent"
+        },
+    )
+    chaos: bool = field(
+        default=False,
+        metadata={
+            "help": "enable chaos triggers: a prompt containing EXO RUNNER MUST "
+            "DIE/FAIL/SEGFAULT/FREEZE/HANG/OOM makes the runner misbehave, and "
+            "EXO_RUNNER_MUST_DIE=N in its environment kills it after N tokens. "
+            "Off by default, when triggers are plain text"
+        },
+    )
 
     # death
-    poll_interval: float = 1.0
+    poll_interval: float = field(
+        default=1.0,
+        metadata={
+            "help": "seconds between is_alive and RSS/CPU polls (a backstop: death is seen "
+            "at once from the process sentinel and pipe EOF); `memory_limit` is checked here"
+        },
+    )
 
     # whole-process freeze (heartbeat thread in the runner)
-    heartbeat_interval: float = 0.1
-    heartbeat_check_interval: float = 0.5
-    heartbeat_stale_checks: int = 3
-    busy_grace: float = 30.0
-    start_timeout: float = 60.0
+    heartbeat_interval: float = field(
+        default=0.1,
+        metadata={
+            "help": "seconds between beats of the runner's heartbeat thread "
+            "(must be shorter than `heartbeat_check_interval`)"
+        },
+    )
+    heartbeat_check_interval: float = field(
+        default=0.5, metadata={"help": "seconds between checks of the heartbeat"}
+    )
+    heartbeat_stale_checks: int = field(
+        default=3,
+        metadata={
+            "help": "consecutive checks with an unchanged heartbeat (and no CPU progress, "
+            "per psutil) before the runner counts as frozen: reason 'unresponsive'"
+        },
+    )
+    busy_grace: float = field(
+        default=30.0,
+        metadata={
+            "help": "seconds a runner with a stale heartbeat that still burns CPU (GIL held "
+            "in native code, a heavy import) may keep going before it counts as frozen"
+        },
+    )
+    start_timeout: float = field(
+        default=60.0, metadata={"help": "seconds the runner may take to start its heartbeat"}
+    )
 
     # wedged main loop (progress counter ticked by the runner's main loop)
-    load_timeout: float = 600.0
-    warmup_timeout: float = 300.0
-    prefill_timeout: float = 60.0
-    decode_timeout: float = 5.0
-    progress_check_interval: float = 0.25
+    load_timeout: float = field(
+        default=600.0,
+        metadata={
+            "help": "progress deadline while loading the model (LoadModel): a main loop "
+            "silent this long is reason 'stalled'"
+        },
+    )
+    warmup_timeout: float = field(
+        default=300.0, metadata={"help": "progress deadline while warming up (Warmup)"}
+    )
+    prefill_timeout: float = field(
+        default=60.0,
+        metadata={"help": "progress deadline from the start of a Generate to its first token"},
+    )
+    decode_timeout: float = field(
+        default=5.0, metadata={"help": "progress deadline between two tokens of a Generate"}
+    )
+    progress_check_interval: float = field(
+        default=0.25, metadata={"help": "seconds between checks of the progress deadlines"}
+    )
 
     # stopping
-    shutdown_grace: float = 5.0
-    stop_grace: float = 2.0
-    dump_stacks: bool = True
+    shutdown_grace: float = field(
+        default=5.0,
+        metadata={"help": "seconds a graceful Shutdown may take before the runner gets SIGTERM"},
+    )
+    stop_grace: float = field(
+        default=2.0, metadata={"help": "seconds between SIGTERM and SIGKILL when stopping a runner"}
+    )
+    dump_stacks: bool = field(
+        default=True,
+        metadata={
+            "help": "ask a wedged runner for a stack dump (faulthandler on SIGUSR1) before "
+            "stopping it"
+        },
+    )
 
     # resources and evidence
-    memory_limit: int | None = None
-    max_task_bytes: int = 64 * 1024 * 1024
-    diagnostics_lines: int = 40
-    stderr_tail_lines: int = 200
-    forward_output: bool = True
+    memory_limit: int | None = field(
+        default=None,
+        metadata={
+            "help": "fail the runner (reason 'memory_limit') when its RSS exceeds this many bytes"
+        },
+    )
+    max_task_bytes: int = field(
+        default=64 * 1024 * 1024,
+        metadata={
+            "help": "largest prompt accepted, in characters (and the longest task line the "
+            "CLI reads)"
+        },
+    )
+    diagnostics_lines: int = field(
+        default=40,
+        metadata={"help": "most lines of runner output evidence put in RunnerFailed.diagnostics"},
+    )
+    stderr_tail_lines: int = field(
+        default=200,
+        metadata={"help": "lines of the runner's stdout/stderr kept in memory as evidence"},
+    )
+    forward_output: bool = field(
+        default=True, metadata={"help": "log the runner's own stdout/stderr lines (at DEBUG level)"}
+    )
 
     # deep health probe (0 disables)
-    probe_interval: float = 0.0
-    probe_timeout: float = 10.0
-    probe_failures: int = 3
+    probe_interval: float = field(
+        default=0.0,
+        metadata={
+            "help": "seconds between deep health probes (Probe tasks) of an idle runner; 0 disables"
+        },
+    )
+    probe_timeout: float = field(default=10.0, metadata={"help": "seconds a health probe may take"})
+    probe_failures: int = field(
+        default=3,
+        metadata={"help": "consecutive failed health probes before reason 'probe_failed'"},
+    )
 
     def __post_init__(self) -> None:
         positive = {

@@ -167,13 +167,7 @@ class HumanOutput(Output):
             status = event.status
             if isinstance(status, RunnerFailed):
                 self._end_line()
-                logger.error(
-                    "runner {} FAILED: reason={} detected_by={}: {}",
-                    event.runner_id,
-                    status.reason,
-                    status.detected_by,
-                    status.error_message,
-                )
+                # The supervisor logged the failure itself, once; add only its evidence.
                 for line in status.diagnostics:
                     logger.error("  | {}", line)
             else:

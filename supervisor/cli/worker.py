@@ -1,12 +1,17 @@
-"""The CLI's run loop: one supervised worker, fed tasks, until input ends or it fails.
+"""The CLI's run loop: one supervised worker, fed tasks, until input ends or it stops for good.
 
-Kept apart from argument parsing so that other front ends (a health endpoint,
-restart policies, systemd notification) can wrap or extend `WorkerRun` without
-touching the parser.
+The worker is a `RestartingSupervisor` whatever the flags: its policy's ``never``
+mode is the plain run (one runner process; its failure ends the run), and it
+drives LoadModel and Warmup for every runner process itself, so this loop only
+feeds tasks, prints events and picks the exit code. Serving extras ride along:
+``--serve`` keeps the worker up until a signal, ``--health-port`` serves
+/healthz, /readyz and /metrics, and systemd is notified when ``NOTIFY_SOCKET``
+is set.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 import signal
 import sys
@@ -22,21 +27,22 @@ from loguru import logger
 from supervisor.cli.inputs import InputError
 from supervisor.cli.output import Output
 from supervisor.config import RunnerSpec, SupervisorConfig
+from supervisor.core.lifecycle import Notifier, StateMachine
 from supervisor.core.supervisor import RunnerSupervisor
-from supervisor.errors import DuplicateTaskError, SupervisorError
-from supervisor.protocol import (
-    BaseEvent,
-    BaseTask,
-    LoadModel,
-    RunnerFailed,
-    RunnerStatusUpdated,
-    TaskStatus,
-    TaskStatusUpdated,
-    Warmup,
+from supervisor.errors import (
+    DuplicateTaskError,
+    RunnerFailedError,
+    RunnerUnavailableError,
+    SupervisorError,
 )
+from supervisor.ops.sdnotify import run_sd_notify
+from supervisor.protocol import BaseEvent, BaseTask, TaskStatus, TaskStatusUpdated
+from supervisor.restart.events import RunnerRestarting, SupervisorGaveUp
+from supervisor.restart.policy import RestartPolicy
+from supervisor.restart.supervisor import RestartingSupervisor
 
-if TYPE_CHECKING:
-    from supervisor.restart.supervisor import RestartingSupervisor
+if TYPE_CHECKING:  # the health extra (prometheus_client) is optional
+    from supervisor.ops.metrics import SupervisorMetrics
 
 # Exit codes (documented in the CLI's --help epilog and docs/cli.md).
 EXIT_OK = 0
@@ -55,127 +61,152 @@ class TaskTracker:
 
     terminal: dict[str, TaskStatus] = field(default_factory=dict)
     failed_tasks: list[str] = field(default_factory=list)
-    failure: RunnerFailed | None = None
     closed: bool = False
-    _changed: anyio.Event = field(default_factory=anyio.Event)
+    changed: Notifier = field(default_factory=Notifier)
 
     def note(self, event: BaseEvent) -> None:
         if isinstance(event, TaskStatusUpdated) and event.status.terminal:
             self.terminal[event.task_id] = event.status
             if event.status is not TaskStatus.Complete:
                 self.failed_tasks.append(event.task_id)
-        elif isinstance(event, RunnerStatusUpdated) and isinstance(event.status, RunnerFailed):
-            self.failure = event.status
-        else:
-            return
-        self._wake()
+            self.changed.notify()
 
     def close(self) -> None:
         self.closed = True
-        self._wake()
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        self.changed.notify()
 
     async def wait_terminal(self, task_id: str) -> TaskStatus | None:
         """The task's terminal status; None if the event stream ended without one."""
-        while task_id not in self.terminal:
-            if self.closed:
-                return None
-            await self._changed.wait()
-        return self.terminal.pop(task_id)
+        await self.changed.wait_until(lambda: task_id in self.terminal or self.closed)
+        return self.terminal.pop(task_id, None)
 
     async def wait_closed(self) -> None:
-        while not self.closed:
-            await self._changed.wait()
+        await self.changed.wait_until(lambda: self.closed)
+
+
+class RunPhase(enum.Enum):
+    FEEDING = "feeding"  # tasks from the input go to the worker
+    SERVING = "serving"  # the input ended; --serve keeps the worker up until a signal
+    STOPPING = "stopping"  # no more tasks: the worker shuts down, or is gone already
+
+
+_RUN_PHASES: dict[RunPhase, frozenset[RunPhase]] = {
+    RunPhase.FEEDING: frozenset({RunPhase.SERVING, RunPhase.STOPPING}),
+    RunPhase.SERVING: frozenset({RunPhase.STOPPING}),
+    RunPhase.STOPPING: frozenset(),
+}
 
 
 @dataclass
 class WorkerRun:
-    """One CLI run: spawn, load, warm up, serve ``source``, shut down, pick an exit code."""
+    """One CLI run: start the worker, serve ``source``, shut down, pick an exit code."""
 
     spec: RunnerSpec
     config: SupervisorConfig
     source: TaskSource
     output: Output
+    policy: RestartPolicy = field(default_factory=lambda: RestartPolicy(mode="never"))
     handle_signals: bool = True
-    #: After the input ends, stay up until a signal (or the runner's end).
+    #: After the input ends, stay up until a signal (or the worker's end).
     keep_serving: bool = False
+    health_host: str = "127.0.0.1"
+    health_port: int | None = None
 
-    sup: RunnerSupervisor | None = field(default=None, init=False)
     bad_input: int = field(default=0, init=False)
     signal_received: int | None = field(default=None, init=False)
-    # anyio objects need a running event loop: made in run().
-    tracker: TaskTracker = field(init=False)
-    _driver: anyio.CancelScope = field(init=False)
+    tracker: TaskTracker = field(default_factory=TaskTracker, init=False)
+    phase: StateMachine[RunPhase] = field(
+        default_factory=lambda: StateMachine(RunPhase.FEEDING, _RUN_PHASES), init=False
+    )
+    # Made in run(): the supervisor and anyio objects need the running event loop.
+    rsup: RestartingSupervisor = field(init=False)
+    _feeding: anyio.CancelScope = field(init=False)
+    _announced: RunnerSupervisor | None = field(default=None, init=False)
+    _announce_next: bool = field(default=True, init=False)
 
     async def run(self) -> int:
-        self.tracker = TaskTracker()
-        self._driver = anyio.CancelScope()
+        self._feeding = anyio.CancelScope()
         send, recv = anyio.create_memory_object_stream[BaseEvent](math.inf)
-        try:
-            sup = RunnerSupervisor.create(spec=self.spec, event_sender=send, config=self.config)
-        except Exception as exc:  # noqa: BLE001 - could not even start: say why, exit 1
-            logger.error("could not start the runner: {}: {}", type(exc).__name__, exc)
-            send.close()
-            recv.close()
-            self.output.finished(EXIT_RUNNER_FAILED, None)
-            return EXIT_RUNNER_FAILED
-        self.sup = sup
-        self.output.started(sup.pid, sup.runner_id)
+        metrics = None
+        if self.health_port is not None:
+            from supervisor.ops.metrics import SupervisorMetrics
+
+            metrics = SupervisorMetrics()
+        self.rsup = RestartingSupervisor(
+            spec=self.spec,
+            event_sender=send,
+            config=self.config,
+            policy=self.policy,
+            observers=[metrics] if metrics is not None else (),
+        )
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._supervise, sup, send)
+            tg.start_soon(self._supervise, send)
             tg.start_soon(self._consume, recv)
             if self.handle_signals:
                 tg.start_soon(self._watch_signals)
-            await self.serve(tg)
-            sup.shutdown()
-            await sup.wait_finished()
+            tg.start_soon(run_sd_notify, self.rsup)
+            if metrics is not None:
+                await self._serve_health(tg, metrics)
+            await self._drive()
+            self._stop()
+            await self.rsup.wait_finished()
             await self.tracker.wait_closed()
-            tg.cancel_scope.cancel()  # the signal watcher
+            tg.cancel_scope.cancel()  # the signal watcher, health and systemd
         code = self.exit_code()
-        self.output.finished(code, sup.exit_code)
+        current = self.rsup.current
+        self.output.finished(code, current.exit_code if current is not None else None)
         return code
 
-    async def serve(self, tg: TaskGroup) -> None:
-        """Drive the runner until the input ends, a signal arrives or the runner is gone.
+    async def _serve_health(self, tg: TaskGroup, metrics: SupervisorMetrics) -> None:
+        from supervisor.ops.health import serve_health
 
-        A hook for front ends that need more concurrent jobs: ``tg`` is the run's
-        task group (cancelled once the runner has finished and output is drained).
-        """
-        with self._driver:
-            await self._drive()
+        metrics.watch_live(self.rsup)
+        try:
+            await tg.start(serve_health, self.rsup, self.health_host, self.health_port, metrics)
+        except OSError as exc:  # port in use, address not ours: a usage error
+            logger.error(
+                "cannot serve health endpoints on {}:{}: {}",
+                self.health_host,
+                self.health_port,
+                exc.strerror or exc,
+            )
+            self.bad_input += 1
+            self._stop()
 
     # ----------------------------------------------------------------- workers
-    async def _supervise(
-        self, sup: RunnerSupervisor | RestartingSupervisor, send: MemoryObjectSendStream[BaseEvent]
-    ) -> None:
+    async def _supervise(self, send: MemoryObjectSendStream[BaseEvent]) -> None:
         async with send:
-            await sup.run()
-        # The runner is gone: there is nothing left to feed (stdin may never end).
-        self._driver.cancel()
-
-    def _before_event(self, event: BaseEvent) -> None:
-        """Hook: called for each event before it is printed."""
-
-    def _shutdown_runner(self) -> None:
-        if self.sup is not None:
-            self.sup.shutdown()
-
-    def _kill_runner(self) -> None:
-        if self.sup is not None:
-            self.sup.kill()
+            await self.rsup.run()
+        self._stop()  # gone for good: nothing left to feed (stdin may never end)
 
     async def _consume(self, recv: MemoryObjectReceiveStream[BaseEvent]) -> None:
         async with recv:
             async for event in recv:
-                self._before_event(event)
+                if isinstance(event, SupervisorGaveUp) and self.policy.mode == "never":
+                    continue  # without restarts the RunnerFailed before it says it all
+                self._announce_runner(event)
                 self.output.event(event)
                 self.tracker.note(event)
                 if self.output.broken:
                     self._stop("stdout closed")
         self.tracker.close()
+
+    def _announce_runner(self, event: BaseEvent) -> None:
+        """A ``RunnerStarted`` record before the events of each runner process.
+
+        Its events start the stream and follow each `RunnerRestarting` (events are
+        read later than they happen, so the stream, not the supervisor's current
+        state, says where one runner's events end). A runner that could not be
+        spawned has none to announce.
+        """
+        if isinstance(event, RunnerRestarting):
+            self._announce_next = True
+            return
+        current = self.rsup.current
+        if self._announce_next and current is not None and current is not self._announced:
+            self._announce_next = False
+            self._announced = current
+            self.output.started(current.pid, self.rsup.runner_id)
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -186,52 +217,62 @@ class WorkerRun:
                     self._stop(f"{name} received: shutting the runner down")
                 else:
                     logger.warning("{} received again: killing the runner", name)
-                    self._kill_runner()
+                    current = self.rsup.current
+                    if current is not None:
+                        current.kill()
 
-    def _stop(self, why: str) -> None:
-        if not self._driver.cancel_called:
-            logger.warning("{}", why)
-            self._driver.cancel()
-            self._shutdown_runner()
+    def _stop(self, why: str | None = None) -> None:
+        """No more tasks: stop feeding and shut the worker down. The first caller says why."""
+        if self.phase.advance(RunPhase.STOPPING):
+            if why is not None:
+                logger.warning("{}", why)
+            self._feeding.cancel()
+            if not self.rsup.gave_up:  # giving up ends the run by itself, announced
+                self.rsup.shutdown()
 
     # ------------------------------------------------------------------ driver
-    def _startup_tasks(self) -> tuple[BaseTask, ...]:
-        """Driven before the input: this run loads and warms up its one runner."""
-        return (LoadModel(task_id="load"), Warmup(task_id="warmup"))
-
-    async def _start_task(self, task: BaseTask) -> None:
-        assert self.sup is not None
-        await self.sup.start_task(task)
-
     def _runner_gone(self) -> bool:
         """No runner will serve the next task: stop feeding."""
-        return self.tracker.failure is not None or (self.sup is not None and self.sup.finished)
+        return self.rsup.gave_up or self.rsup.finished
 
     async def _drive(self) -> None:
-        for task in self._startup_tasks():
-            status = await self._submit(task)
-            if status is not TaskStatus.Complete:
-                return
-        async for line, item in self.source:
-            if isinstance(item, InputError):
-                self._reject(item.line, item.error)
-                continue
-            await self._submit(item, line)
-            if self._runner_gone():
-                return
-        if self.keep_serving:
-            await anyio.sleep_forever()  # cancelled by a signal or the runner's end
+        with self._feeding:
+            async for line, item in self.source:
+                if isinstance(item, InputError):
+                    self._reject(item.line, item.error)
+                    continue
+                await self._submit(item, line)
+                if self._runner_gone():
+                    return
+        if self.keep_serving and self.phase.advance(RunPhase.SERVING):
+            await self.phase.wait_for(RunPhase.STOPPING)  # a signal or the worker's end
 
-    async def _submit(self, task: BaseTask, line: int | None = None) -> TaskStatus | None:
+    async def _submit(self, task: BaseTask, line: int | None = None) -> None:
         """Run one task to its end. Bad tasks are rejected; the run goes on."""
         try:
-            await self._start_task(task)
-        except SupervisorError:
-            return None  # failed, unavailable or closed: the event stream and exit code say so
+            await self.rsup.start_task(task)  # waits for a Ready runner
+        except RunnerUnavailableError as exc:
+            self._not_taken(task, exc)
+        except RunnerFailedError:
+            pass  # the runner failed with the task pending: its Failed is on the stream
+        except SupervisorError as exc:  # closed: shut down, or its run ended
+            self._not_taken(task, exc)
         except (DuplicateTaskError, TypeError, ValueError) as exc:
             self._reject(line, f"task {task.task_id!r}: {exc}")
-            return None
-        return await self.tracker.wait_terminal(task.task_id)
+        else:
+            await self.tracker.wait_terminal(task.task_id)
+
+    def _not_taken(self, task: BaseTask, exc: SupervisorError) -> None:
+        """No runner took the task (none Ready within ``policy.ready_wait``): it failed.
+
+        While the run is ending (gave up, shut down) it is simply not run, like the
+        input after it; the exit code says why.
+        """
+        if self._runner_gone() or self.phase.state is RunPhase.STOPPING:
+            return
+        status = TaskStatusUpdated(task.task_id, TaskStatus.Failed, f"not run: {exc}")
+        self.output.event(status)
+        self.tracker.note(status)
 
     def _reject(self, line: int | None, error: str) -> None:
         self.bad_input += 1
@@ -242,8 +283,12 @@ class WorkerRun:
 
     # ----------------------------------------------------------------- verdict
     def _runner_failed(self) -> bool:
-        sup = self.sup
-        return self.tracker.failure is not None or (sup is not None and sup.failure is not None)
+        """The run failed if the supervisor gave up. Without restarts any runner failure
+        is final, even one while shutting down; with them, a failure the policy
+        recovered from is not the run's (its tasks failed: 3)."""
+        if self.rsup.gave_up:
+            return True
+        return self.policy.mode == "never" and self.rsup.failure is not None
 
     def exit_code(self) -> int:
         """Worst outcome wins: runner failure, signal, closed stdout, bad input, task failure."""

@@ -81,7 +81,8 @@ class Launcher:
         try:
             launched = self._adopt_spare() or self._launch()
         except Exception as exc:  # noqa: BLE001 - reported as the incarnation's failure
-            logger.opt(exception=exc).error("runner {}: could not start the runner", self.runner_id)
+            # One line: a spawn failure is an operational error, its cause is in the message.
+            logger.error("runner {}: could not start the runner: {!r}", self.runner_id, exc)
             return RunnerFailed(
                 reason="crashed",
                 error_message=f"could not start the runner: {type(exc).__name__}: {exc}",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
 RestartMode: TypeAlias = Literal["never", "on-failure", "always"]
@@ -47,18 +47,62 @@ class RestartPolicy:
     of the MTTR with a small model); costs one idle process per runner.
     """
 
-    mode: RestartMode = "on-failure"
-    backoff_base: float = 0.5
-    backoff_cap: float = 30.0
-    backoff_factor: float = 2.0
-    jitter: float = 0.1
-    healthy_after: float = 30.0
-    max_restarts: int = 5
-    restart_window: float = 60.0
-    crash_loop_threshold: int = 3
-    requeue_unacknowledged: bool = False
-    ready_wait: float = 120.0
-    prespawn: bool = False
+    mode: RestartMode = field(
+        default="on-failure",
+        metadata={
+            "help": "when to start a new runner process: never (one runner; its failure is "
+            "final), on-failure (after a runner failure), or always (also after an exit "
+            "nobody asked for)"
+        },
+    )
+    backoff_base: float = field(
+        default=0.5,
+        metadata={
+            "help": "seconds before the first restart, multiplied by `backoff_factor` per "
+            "restart in a row up to `backoff_cap`; 0 restarts at once"
+        },
+    )
+    backoff_cap: float = field(default=30.0, metadata={"help": "longest restart delay, seconds"})
+    backoff_factor: float = field(
+        default=2.0, metadata={"help": "growth of the restart delay per restart in a row (>= 1)"}
+    )
+    jitter: float = field(
+        default=0.1,
+        metadata={"help": "random spread of each restart delay, a fraction of it (0 to 1)"},
+    )
+    healthy_after: float = field(
+        default=30.0,
+        metadata={"help": "seconds a runner must stay Ready to reset the restart delay"},
+    )
+    max_restarts: int = field(
+        default=5,
+        metadata={"help": "give up after this many restarts within `restart_window`"},
+    )
+    restart_window: float = field(
+        default=60.0, metadata={"help": "the window of the restart limit, seconds"}
+    )
+    crash_loop_threshold: int = field(
+        default=3,
+        metadata={"help": "give up early after this many failures in a row during load/warm-up"},
+    )
+    requeue_unacknowledged: bool = field(
+        default=False,
+        metadata={
+            "help": "re-send tasks a dead runner never acknowledged to the next one "
+            "(at-least-once for those; acknowledged tasks always fail: at-most-once)"
+        },
+    )
+    ready_wait: float = field(
+        default=120.0,
+        metadata={"help": "seconds a new task waits for a Ready runner before it is refused"},
+    )
+    prespawn: bool = field(
+        default=False,
+        metadata={
+            "help": "keep a spare idle runner process ready to take over (restarts in "
+            "milliseconds, for one more process)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.mode not in RESTART_MODES:

@@ -283,7 +283,9 @@ class RestartingSupervisor:
             await self._run_incarnation(inc)
             decision = self._decide(inc)
             if isinstance(decision, GiveUp):
-                logger.error("runner {}: giving up: {}", self.runner_id, decision.reason)
+                # In mode "never" the failure itself was the news (logged at ERROR once).
+                level = "INFO" if self.policy.mode == "never" else "ERROR"
+                logger.log(level, "runner {}: giving up: {}", self.runner_id, decision.reason)
                 for obs in self._observers:
                     obs.on_gave_up(self.runner_id, decision.reason)
                 last = self._last_failure

@@ -6,7 +6,9 @@ import argparse
 import dataclasses
 import io
 import json
+import math
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -18,14 +20,13 @@ import pytest
 
 from supervisor import RunnerSpec, SupervisorConfig
 from supervisor.cli.app import (
-    CONFIG_HELP,
-    EPILOG,
     build_parser,
     config_from_args,
     main,
-    parse_size,
     spec_from_args,
 )
+from supervisor.cli.args import CONFIG_FLAGS, EPILOG, POLICY_FLAGS, policy_from_args
+from supervisor.cli.fields import FlagSet, parse_size
 from supervisor.cli.inputs import InputError, parse_line, read_lines
 from supervisor.cli.output import HumanOutput, JsonOutput, event_json, to_jsonable
 from supervisor.cli.worker import (
@@ -49,6 +50,7 @@ from supervisor.protocol import (
     TaskStatus,
     TaskStatusUpdated,
 )
+from supervisor.restart.policy import RestartPolicy
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -86,7 +88,7 @@ def _other_value(f: dataclasses.Field[Any]) -> tuple[list[str], Any]:
 
 @pytest.mark.parametrize("f", dataclasses.fields(SupervisorConfig), ids=lambda f: f.name)
 def test_every_config_field_has_a_documented_flag_that_sets_it(f: dataclasses.Field[Any]) -> None:
-    assert CONFIG_HELP.get(f.name), f"no help for {f.name}"
+    assert f.metadata.get("help"), f"no help for {f.name}"
     argv, value = _other_value(f)
     config = config_from_args(parse(*argv))
     assert getattr(config, f.name) == value
@@ -96,9 +98,73 @@ def test_every_config_field_has_a_documented_flag_that_sets_it(f: dataclasses.Fi
     assert others == defaults
 
 
+def _policy_flag_for(name: str) -> str:
+    return {"mode": "--restart", "requeue_unacknowledged": "--requeue"}.get(
+        name, "--" + name.replace("_", "-")
+    )
+
+
+#: The CLI's defaults where they differ from RestartPolicy's: one worker, and tasks
+#: wait for it as long as it lives.
+CLI_POLICY = RestartPolicy(mode="never", ready_wait=math.inf)
+
+
+def _policy_other_value(f: dataclasses.Field[Any]) -> tuple[list[str], Any]:
+    flag = _policy_flag_for(f.name)
+    default = getattr(CLI_POLICY, f.name)
+    if isinstance(default, bool):
+        return [flag], not default
+    if f.name == "mode":
+        return [flag, "always"], "always"
+    if f.name == "jitter":
+        return [flag, "0.25"], 0.25  # a fraction
+    if isinstance(default, int):
+        return [flag, str(default + 2)], default + 2
+    assert isinstance(default, float)
+    if default == math.inf:
+        return [flag, "7.5"], 7.5
+    return [flag, repr(default + 1.5)], default + 1.5
+
+
+@pytest.mark.parametrize("f", dataclasses.fields(RestartPolicy), ids=lambda f: f.name)
+def test_every_restart_policy_field_has_a_documented_flag_that_sets_it(
+    f: dataclasses.Field[Any],
+) -> None:
+    assert f.metadata.get("help"), f"no help for {f.name}"
+    argv, value = _policy_other_value(f)
+    policy = policy_from_args(parse(*argv))
+    assert getattr(policy, f.name) == value
+    others = {g.name: getattr(policy, g.name) for g in dataclasses.fields(policy) if g != f}
+    defaults = {g.name: getattr(CLI_POLICY, g.name) for g in dataclasses.fields(policy) if g != f}
+    assert others == defaults
+
+
+@dataclasses.dataclass(frozen=True)
+class _Knobs:
+    documented: int = dataclasses.field(default=1, metadata={"help": "has help"})
+    undocumented: float = 2.0
+
+
+def test_a_field_without_help_gets_no_flag() -> None:
+    flags = FlagSet(_Knobs, dest_prefix="k_")
+    with pytest.raises(RuntimeError, match="undocumented"):
+        flags.add_to(argparse.ArgumentParser().add_argument_group("knobs"))
+
+
+def test_help_names_other_fields_by_their_flags() -> None:
+    for flags in (CONFIG_FLAGS, POLICY_FLAGS):
+        for f in dataclasses.fields(flags.cls):
+            assert "`" not in flags.help(f), f.name
+    by_name = {f.name: f for f in dataclasses.fields(SupervisorConfig)}
+    assert "--heartbeat-check-interval" in CONFIG_FLAGS.help(by_name["heartbeat_interval"])
+    by_name = {f.name: f for f in dataclasses.fields(RestartPolicy)}
+    assert "--restart-window" in POLICY_FLAGS.help(by_name["max_restarts"])
+
+
 def test_no_flags_give_the_default_config_and_spec() -> None:
     args = parse()
     assert config_from_args(args) == SupervisorConfig()
+    assert policy_from_args(args) == CLI_POLICY
     assert spec_from_args(args) == RunnerSpec(engine="echo", options={}, env={})
     assert args.prompts == []
     assert args.max_tokens == 16
@@ -196,6 +262,10 @@ def test_parse_size_refuses(text: str) -> None:
         ["run", "--heartbeat-stale-checks", "0"],  # refused by SupervisorConfig
         ["run", "--heartbeat-interval", "2"],  # not below the check interval
         ["run", "--engine-option", "novalue"],
+        ["run", "--restart", "sometimes"],
+        ["run", "--max-restarts", "-1"],
+        ["run", "--jitter", "2"],  # refused by RestartPolicy
+        ["run", "--backoff-factor", "nan"],
         ["run", "--bogus"],
         [],
     ],
@@ -223,6 +293,8 @@ def test_help_documents_every_flag_exit_codes_and_examples(
     flags = [_flag_for(f.name) for f in dataclasses.fields(SupervisorConfig)]
     flags += ["--no-probe", "--max-tokens", "--token-delay", "--load-time", "--warmup-time"]
     flags += ["--engine-option", "--stdin", "--json", "--log-level", "--verbose", "--env"]
+    flags += [_policy_flag_for(f.name) for f in dataclasses.fields(RestartPolicy)]
+    flags += ["--serve", "--health-port", "--health-host"]
     for flag in flags:
         assert flag in text, flag
 
@@ -472,7 +544,10 @@ async def test_worker_happy_path_exit_0() -> None:
     assert records[0]["type"] == "RunnerStarted"
     assert records[-1] == {"type": "RunFinished", "exit_code": 0, "runner_exit_code": 0}
     finals = _final_statuses(records)
-    assert finals["g1"] == finals["g2"] == finals["load"] == finals["warmup"] == "Complete"
+    assert finals["g1"] == finals["g2"] == "Complete"
+    # the supervisor loads and warms up the runner itself, under ids of its own
+    rid = records[0]["runner_id"]
+    assert finals[f"{rid}:load:1"] == finals[f"{rid}:warmup:1"] == "Complete"
     text = "".join(r["text"] for r in records if r["type"] == "ChunkGenerated")
     assert text == "a b a c c "
 
@@ -498,35 +573,114 @@ async def test_worker_task_failed_on_its_own_is_3_and_bad_input_is_2() -> None:
 
 @pytestmark_anyio
 async def test_worker_runner_failure_is_1_even_with_bad_input() -> None:
-    code, records = await _run_crashing()
+    code, records = await _run_crashing(
+        (1, InputError(1, "bad")), (2, Generate("g", "x", 5)), (3, Generate("never", "y", 1))
+    )
     assert code == EXIT_RUNNER_FAILED
-    failures = [
+    assert len(_failures(records)) == 1
+    assert _failures(records)[0]["reason"] == "exited"
+    assert _final_statuses(records)["g"] == "Failed"
+    assert "never" not in _final_statuses(records)
+    # without restarts the RunnerFailed is the last word about the runner
+    assert "SupervisorGaveUp" not in {r["type"] for r in records}
+    assert records[-1]["exit_code"] == 1
+
+
+def _failures(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
         r["status"]
         for r in records
         if r["type"] == "RunnerStatusUpdated" and r["status"]["type"] == "RunnerFailed"
     ]
-    assert len(failures) == 1
-    assert failures[0]["reason"] == "exited"
-    assert _final_statuses(records)["g"] == "Failed"
-    assert "never" not in _final_statuses(records)
-    assert records[-1]["exit_code"] == 1
 
 
-async def _run_crashing() -> tuple[int, Any]:
+async def _run_crashing(
+    *items: tuple[int | None, BaseTask | InputError],
+    policy: RestartPolicy | None = None,
+    output: Any = None,
+) -> tuple[int, Any]:
+    """A runner that dies after 2 tokens of ordinary traffic (each incarnation)."""
     buf = io.StringIO()
     worker = WorkerRun(
-        spec=RunnerSpec(engine="echo", env={"EXO_RUNNER_MUST_DIE": "2"}),
+        spec=RunnerSpec(engine="echo", runner_id="r1", env={"EXO_RUNNER_MUST_DIE": "2"}),
         config=SupervisorConfig(chaos=True),
-        source=_tasks(
-            (1, InputError(1, "bad")),
-            (2, Generate("g", "x", 5)),
-            (3, Generate("never", "y", 1)),
-        ),
-        output=JsonOutput(buf),
+        source=_tasks(*items),
+        output=output or JsonOutput(buf),
         handle_signals=False,
+        policy=policy or RestartPolicy(mode="never"),
     )
     code = await worker.run()
     return code, [json.loads(line) for line in buf.getvalue().splitlines()]
+
+
+@pytestmark_anyio
+async def test_worker_recovers_by_restart_and_counts_the_failed_task_as_3() -> None:
+    policy = RestartPolicy(mode="on-failure", backoff_base=0)
+    code, records = await _run_crashing(
+        (None, Generate("dies", "x", 5)), (None, Generate("after", "y", 1)), policy=policy
+    )
+    assert code == EXIT_TASK_FAILED  # a failure the policy recovered from is the task's
+    started = [r for r in records if r["type"] == "RunnerStarted"]
+    assert len(started) == 2
+    assert started[0]["pid"] != started[1]["pid"]
+    assert len(_failures(records)) == 1
+    assert [r["incarnation"] for r in records if r["type"] == "RunnerRestarting"] == [2]
+    # the second runner is announced where its events begin: right after the restart notice
+    types = [r["type"] for r in records]
+    assert types[types.index("RunnerRestarting") + 1] == "RunnerStarted"
+    finals = _final_statuses(records)
+    assert finals["dies"] == "Failed"
+    assert finals["after"] == finals["r1:load:2"] == finals["r1:warmup:2"] == "Complete"
+
+
+@pytestmark_anyio
+async def test_worker_giving_up_is_1_and_announced() -> None:
+    policy = RestartPolicy(mode="on-failure", max_restarts=0)
+    code, records = await _run_crashing((None, Generate("dies", "x", 5)), policy=policy)
+    assert code == EXIT_RUNNER_FAILED
+    (gave_up,) = [r for r in records if r["type"] == "SupervisorGaveUp"]
+    assert gave_up["restarts"] == 0
+    assert gave_up["last_failure"]["reason"] == "exited"
+
+
+@pytestmark_anyio
+async def test_a_task_that_finds_no_ready_runner_in_time_fails_and_the_run_goes_on() -> None:
+    buf = io.StringIO()
+    worker = WorkerRun(
+        spec=RunnerSpec(engine="echo", options={"load_time": 1.5}),
+        config=SupervisorConfig(),
+        source=_tasks((None, Generate("early", "x", 1))),
+        output=JsonOutput(buf),
+        policy=RestartPolicy(mode="never", ready_wait=0.2),
+        handle_signals=False,
+    )
+    assert await worker.run() == EXIT_TASK_FAILED
+    records = [json.loads(line) for line in buf.getvalue().splitlines()]
+    (early,) = [r for r in records if r.get("task_id") == "early"]
+    assert early["status"] == "Failed"
+    assert early["error"].startswith("not run: ")
+    assert _failures(records) == []
+    assert records[-1] == {"type": "RunFinished", "exit_code": 3, "runner_exit_code": 0}
+
+
+@pytestmark_anyio
+async def test_human_output_logs_a_runner_failure_once() -> None:
+    from loguru import logger
+
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(str(m).rstrip("\n")), format="{message}")
+    try:
+        code, _ = await _run_crashing(
+            (None, Generate("dies", "x", 5)), output=HumanOutput(io.StringIO())
+        )
+    finally:
+        logger.remove(sink)
+    assert code == EXIT_RUNNER_FAILED
+    announced = [m for m in messages if re.match(r"runner r1\b.*\bfail", m, re.IGNORECASE)]
+    assert len(announced) == 1, messages
+    assert "exitcode=1" in announced[0]
+    # ... followed by the evidence: the runner's last output
+    assert any(m.startswith("  | ") and "chaos triggers are ENABLED" in m for m in messages)
 
 
 def test_python_dash_m_supervisor_runs_the_cli() -> None:
