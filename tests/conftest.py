@@ -1,24 +1,15 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from tests.support.leaks import Snapshot
+from tests.support.leaks import no_leaks
+
+__all__ = ["no_leaks"]  # the autouse leak check, shared with e2e
 
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
-    """Every test: no processes, threads or fds left behind."""
-    before = Snapshot.take()
-    yield
-    problems = before.wait_clean()
-    assert not problems, "; ".join(problems)
 
 
 @pytest.fixture(scope="session", autouse=True)
