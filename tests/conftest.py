@@ -1,10 +1,15 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
 
 from tests.support.leaks import no_leaks
 
 __all__ = ["no_leaks"]  # the autouse leak check, shared with e2e
+
+# Examples are timed on a small shared machine: a slow one is load, not a bug.
+settings.register_profile("tests", deadline=None)
+settings.load_profile("tests")
 
 
 @pytest.fixture(params=["asyncio", "trio"])
