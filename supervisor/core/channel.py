@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from supervisor.ipc.wire import HEADER, LARGE_HEADER, encode_frame, from_wire
+from supervisor.ipc.wire import HEADER, LARGE_HEADER, WireError, encode_frame, from_wire
 
 _READ_SIZE = 256 * 1024
 
@@ -37,6 +37,7 @@ class FrameDecoder:
         return len(self._rest)
 
     def feed(self, data: bytes) -> list[Any]:
+        """The messages completed by ``data``; `WireError` if the stream is corrupt."""
         if self._rest:
             self._rest += data  # amortised: a big frame arrives in many reads
             if len(self._rest) < self._need:
@@ -49,19 +50,26 @@ class FrameDecoder:
         append = out.append
         loads = pickle.loads
         unpack = HEADER.unpack_from
-        while end - pos >= 4:
-            (n,) = unpack(data, pos)
-            start = pos + 4
-            if n == -1:
-                if end - start < 8:
+        try:  # free unless something raises: the loop is the per-token hot path
+            while end - pos >= 4:
+                (n,) = unpack(data, pos)
+                start = pos + 4
+                if n < 0:
+                    if n != -1:
+                        raise WireError(f"negative frame length {n}")
+                    if end - start < 8:
+                        break
+                    (n,) = LARGE_HEADER.unpack_from(data, start)
+                    start += 8
+                stop = start + n
+                if stop > end:
                     break
-                (n,) = LARGE_HEADER.unpack_from(data, start)
-                start += 8
-            stop = start + n
-            if stop > end:
-                break
-            append(from_wire(loads(data[start:stop])))
-            pos = stop
+                append(from_wire(loads(data[start:stop])))
+                pos = stop
+        except WireError:
+            raise
+        except Exception as exc:
+            raise WireError(f"corrupt frame: {type(exc).__name__}: {exc}") from exc
         if pos < end:
             self._rest += data[pos:]
             self._need = 0
@@ -85,7 +93,10 @@ class ChannelReader:
         return self._fd
 
     def read_available(self) -> list[Any]:
-        """Decode whatever is in the pipe now, without blocking. Sets ``eof``."""
+        """Decode whatever is in the pipe now, without blocking. Sets ``eof``.
+
+        A corrupt stream raises `WireError` once, then reads as ended: nothing after
+        a bad frame can be decoded, and a final drain must not raise again."""
         out: list[Any] = []
         while not self.eof and not self.closed:
             try:
@@ -98,7 +109,11 @@ class ChannelReader:
             if not data:
                 self.eof = True
                 break
-            out.extend(self._decoder.feed(data))
+            try:
+                out.extend(self._decoder.feed(data))
+            except WireError:
+                self.eof = True
+                raise
             if len(data) < _READ_SIZE:
                 break
         return out

@@ -24,6 +24,11 @@ LARGE_HEADER = struct.Struct("!Q")
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
+class WireError(ValueError):
+    """Bytes on a runner's pipe that are not a frame this codec wrote: the stream is
+    lost (nothing after a bad frame can be trusted to start at a frame boundary)."""
+
+
 def to_wire(obj: object) -> object:
     kind = type(obj)
     if kind is ChunkGenerated:

@@ -10,7 +10,8 @@ import pytest
 from runners.chaos import DIE, FAIL, FREEZE, HANG, OOM, SEGFAULT, TRIGGERS
 from supervisor import RunnerSpec, SupervisorConfig
 from supervisor.protocol import Generate, RunnerFailed, TaskStatus
-from tests.support.harness import Recorder, supervised
+from tests.support.harness import supervised
+from tests.support.recorder import Recorder
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

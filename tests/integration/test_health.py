@@ -19,7 +19,7 @@ from supervisor.protocol import (
     RunnerStatusUpdated,
     TaskStatus,
 )
-from tests.support.restart_harness import http_request, ready_count, restarting
+from tests.support.restart_harness import http_request, restarting
 
 pytestmark = pytest.mark.anyio
 
@@ -213,7 +213,7 @@ async def test_healthz_fails_only_once_the_policy_gave_up() -> None:
         assert b"Traceback" not in body
     statuses = [e.status for e in r.rec.of(RunnerStatusUpdated)]
     assert sum(isinstance(s, RunnerFailed) for s in statuses) == 1
-    assert ready_count(r.rec) == 1
+    assert r.rec.ready_count() == 1
 
 
 async def test_binds_loopback_by_default() -> None:

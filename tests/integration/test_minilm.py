@@ -40,7 +40,8 @@ from supervisor.protocol import (  # noqa: E402
     TaskStatusUpdated,
 )
 from tests.support.engines_minilm import CUDA_FAULT  # noqa: E402
-from tests.support.harness import Recorder, Running, supervised  # noqa: E402
+from tests.support.harness import Running, supervised  # noqa: E402
+from tests.support.recorder import Recorder  # noqa: E402
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

@@ -23,8 +23,7 @@ from supervisor.core.done import DONE
 from supervisor.core.lifecycle import check_table
 from supervisor.node import TRANSITIONS, NodeState
 from supervisor.protocol import BaseEvent, Generate, RunnerFailed, RunnerStatusUpdated, TaskStatus
-from tests.support.harness import Recorder
-from tests.support.restart_harness import ready_count
+from tests.support.recorder import Recorder
 
 pytestmark = pytest.mark.anyio
 
@@ -37,17 +36,12 @@ async def running_node(
     node = RunnerNode(event_sender=send, policy=policy or RestartPolicy(backoff_base=0.0))
     rec = Recorder()
 
-    async def pump() -> None:
-        async with recv:
-            async for event in recv:
-                rec.add(event)
-
     async def run_and_close() -> None:
         async with send:
             await node.run()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(pump)
+        tg.start_soon(rec.consume, recv)
         tg.start_soon(run_and_close)
         try:
             yield node, rec
@@ -60,21 +54,13 @@ async def running_node(
                 tg.cancel_scope.cancel()
 
 
-def failures_of(rec: Recorder, runner_id: str) -> list[RunnerFailed]:
-    return [
-        e.status
-        for e in rec.of(RunnerStatusUpdated)
-        if e.runner_id == runner_id and isinstance(e.status, RunnerFailed)
-    ]
-
-
 @pytest.mark.slow
 async def test_twenty_runners_one_killed_the_other_nineteen_unaffected() -> None:
     ids = [f"r{i:02d}" for i in range(20)]
     async with running_node() as (node, rec):
         for rid in ids:
             node.add_runner(rid, RunnerSpec(engine="echo", options={"token_delay": 0.002}))
-        await rec.wait_for(lambda: all(ready_count(rec, rid) == 1 for rid in ids), within=180)
+        await rec.wait_for(lambda: all(rec.ready_count(rid) == 1 for rid in ids), within=180)
         pids = {rid: node[rid].pid for rid in ids}
         assert len(set(pids.values())) == 20
 
@@ -83,7 +69,7 @@ async def test_twenty_runners_one_killed_the_other_nineteen_unaffected() -> None
             await node.start_task(rid, Generate(task_id=f"{rid}-g", prompt="a b", max_tokens=400))
         await rec.wait_for(lambda: len(rec.chunks("r07-g")) >= 5)
         os.kill(pids["r07"] or 0, signal.SIGKILL)
-        await rec.wait_for(lambda: ready_count(rec, "r07") == 2, within=60)
+        await rec.wait_for(lambda: rec.ready_count("r07") == 2, within=60)
         await rec.wait_for(lambda: all(rec.terminal(f"{rid}-g") for rid in ids), within=120)
         # The victim's task failed; everyone else finished theirs, untouched.
         assert rec.terminal("r07-g") == [TaskStatus.Failed]
@@ -91,10 +77,10 @@ async def test_twenty_runners_one_killed_the_other_nineteen_unaffected() -> None
         for rid in others:
             assert rec.terminal(f"{rid}-g") == [TaskStatus.Complete], rid
             assert len(rec.chunks(f"{rid}-g")) == 400, rid
-            assert failures_of(rec, rid) == [], rid
+            assert rec.failures(rid) == [], rid
             assert node[rid].pid == pids[rid], rid
             assert (node[rid].incarnation, node[rid].restarts) == (1, 0), rid
-        assert len(failures_of(rec, "r07")) == 1
+        assert len(rec.failures("r07")) == 1
         assert node["r07"].incarnation == 2
         assert node["r07"].pid not in (None, pids["r07"])
         # And the replacement serves again.
@@ -108,7 +94,7 @@ async def test_twenty_runners_one_killed_the_other_nineteen_unaffected() -> None
 async def test_add_and_remove_runners_at_run_time_and_isolate_a_crash_loop() -> None:
     async with running_node() as (node, rec):
         node.add_runner("good", RunnerSpec(engine="echo"))
-        await rec.wait_for(lambda: ready_count(rec, "good") == 1, within=30)
+        await rec.wait_for(lambda: rec.ready_count("good") == 1, within=30)
         good_pid = node["good"].pid
         with pytest.raises(ValueError, match="already exists"):
             node.add_runner("good")
@@ -132,9 +118,9 @@ async def test_add_and_remove_runners_at_run_time_and_isolate_a_crash_loop() -> 
             node["bad"]
         await node.remove_runner("good")
         assert node.runners == {}
-        assert failures_of(rec, "good") == []
+        assert rec.failures("good") == []
         node.add_runner("late", RunnerSpec(engine="echo"))
-        await rec.wait_for(lambda: ready_count(rec, "late") == 1, within=30)
+        await rec.wait_for(lambda: rec.ready_count("late") == 1, within=30)
 
 
 def test_the_node_lifecycle_table_is_complete() -> None:

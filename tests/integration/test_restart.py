@@ -27,7 +27,7 @@ from supervisor.protocol import (
     Shutdown,
     TaskStatus,
 )
-from tests.support.restart_harness import ready_count, restarting
+from tests.support.restart_harness import restarting
 
 pytestmark = pytest.mark.anyio
 
@@ -124,7 +124,7 @@ async def test_crash_loop_during_load_stops_early() -> None:
     failures = r.rec.failures()
     assert len(failures) == 3
     assert all(f.reason == "crashed" and "weights are corrupt" in f.error_message for f in failures)
-    assert ready_count(r.rec) == 0
+    assert r.rec.ready_count() == 0
     assert r.sup.restarts == 2  # far below max_restarts: stopped early
 
 

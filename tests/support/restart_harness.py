@@ -1,8 +1,7 @@
-"""Runs a `RestartingSupervisor` (or a `RunnerNode`) in a task group and records its events."""
+"""Runs a `RestartingSupervisor` in a task group and records its events; an HTTP probe."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,16 +11,7 @@ import anyio
 import h11
 
 from supervisor import RestartingSupervisor, RestartPolicy, RunnerSpec, SupervisorConfig
-from supervisor.protocol import BaseEvent, RunnerReady, RunnerStatusUpdated
-from tests.support.harness import Recorder
-
-
-def ready_count(rec: Recorder, runner_id: str | None = None) -> int:
-    return sum(
-        1
-        for e in rec.of(RunnerStatusUpdated)
-        if isinstance(e.status, RunnerReady) and runner_id in (None, e.runner_id)
-    )
+from tests.support.recorder import Recorder, hosted
 
 
 @dataclass
@@ -31,7 +21,7 @@ class Restarting:
 
     async def ready(self, count: int = 1, within: float = 30.0) -> None:
         """Wait until ``count`` incarnations have reached Ready (RunnerReady events)."""
-        await self.rec.wait_for(lambda: ready_count(self.rec) >= count, within=within)
+        await self.rec.wait_for(lambda: self.rec.ready_count() >= count, within=within)
 
 
 @asynccontextmanager
@@ -41,37 +31,19 @@ async def restarting(
     config: SupervisorConfig | None = None,
     **kwargs: Any,
 ) -> AsyncIterator[Restarting]:
-    send, recv = anyio.create_memory_object_stream[BaseEvent](math.inf)
-    sup = RestartingSupervisor(
-        spec=spec or RunnerSpec(engine="echo"),
-        event_sender=send,
-        config=config,
-        policy=policy or RestartPolicy(backoff_base=0.0),
-        runner_id="r1",
-        **kwargs,
-    )
-    rec = Recorder()
-
-    async def pump() -> None:
-        async with recv:
-            async for event in recv:
-                rec.add(event)
-
-    async def run_and_close() -> None:
-        async with send:
-            await sup.run()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(pump)
-        tg.start_soon(run_and_close)
-        try:
-            yield Restarting(sup, rec)
-            sup.shutdown()
-            with anyio.fail_after(20):
-                await sup.wait_finished()
-        finally:
-            if not sup.finished:
-                tg.cancel_scope.cancel()
+    """Run a restarting supervisor ("r1") in a task group; on exit, stop it and wait."""
+    async with hosted(
+        lambda send: RestartingSupervisor(
+            spec=spec or RunnerSpec(engine="echo"),
+            event_sender=send,
+            config=config,
+            policy=policy or RestartPolicy(backoff_base=0.0),
+            runner_id="r1",
+            **kwargs,
+        ),
+        stop_within=20,
+    ) as (sup, rec):
+        yield Restarting(sup, rec)
 
 
 @dataclass

@@ -5,8 +5,19 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from supervisor.restart.policy import GiveUp, Restart, RestartPolicy, RestartTracker, Stop
+from supervisor.restart.policy import (
+    RESTART_MODES,
+    GiveUp,
+    Restart,
+    RestartPolicy,
+    RestartTracker,
+    Stop,
+)
+
+NAN = float("nan")
 
 
 def tracker(**kw: object) -> RestartTracker:
@@ -139,8 +150,106 @@ def test_clean_restarts_in_always_mode_count_toward_intensity_but_not_backoff() 
         {"restart_window": 0.0},
         {"crash_loop_threshold": 0},
         {"backoff_factor": 0.5},
+        {"backoff_factor": float("inf")},
+        {"backoff_factor": NAN},
+        {"backoff_base": NAN},
+        {"backoff_base": float("inf")},
+        {"backoff_cap": -0.1},
+        {"healthy_after": -1.0},
+        {"healthy_after": NAN},
+        {"jitter": -0.1},
+        {"jitter": NAN},
+        {"restart_window": -1.0},
+        {"restart_window": NAN},
+        {"ready_wait": 0.0},
+        {"ready_wait": NAN},
     ],
+    ids=repr,
 )
 def test_bad_policies_are_refused(kw: dict[str, object]) -> None:
-    with pytest.raises(ValueError, match="RestartPolicy"):
+    with pytest.raises(ValueError, match=f"RestartPolicy.{next(iter(kw))}"):
         RestartPolicy(**kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"backoff_base": 0.0},
+        {"backoff_cap": 0.0},
+        {"jitter": 0.0},
+        {"jitter": 1.0},
+        {"max_restarts": 0},
+        {"crash_loop_threshold": 1},
+        {"backoff_factor": 1.0},
+        {"healthy_after": 0.0},
+    ],
+    ids=repr,
+)
+def test_edge_values_are_accepted(kw: dict[str, object]) -> None:
+    policy = RestartPolicy(**kw)  # type: ignore[arg-type]
+    assert getattr(policy, next(iter(kw))) == next(iter(kw.values()))
+
+
+# ------------------------------------------------------------------ properties
+policies = st.builds(
+    RestartPolicy,
+    mode=st.sampled_from(RESTART_MODES),
+    backoff_base=st.floats(min_value=0, max_value=100),
+    backoff_cap=st.floats(min_value=0, max_value=1000),
+    backoff_factor=st.floats(min_value=1, max_value=1e6),
+    jitter=st.floats(min_value=0, max_value=1),
+    healthy_after=st.floats(min_value=0, max_value=100),
+    max_restarts=st.integers(min_value=0, max_value=10),
+    restart_window=st.floats(min_value=0.001, max_value=1000),
+    crash_loop_threshold=st.integers(min_value=1, max_value=5),
+)
+#: One incarnation: (seconds until Ready or None if it never got there, seconds
+#: from then until it ended, whether it failed).
+lives = st.lists(
+    st.tuples(
+        st.none() | st.floats(min_value=0, max_value=50),
+        st.floats(min_value=0, max_value=50),
+        st.booleans(),
+    ),
+    max_size=40,
+)
+
+
+@given(policies, lives, st.integers(min_value=0, max_value=2**32))
+def test_any_history_keeps_the_policy_promises(
+    policy: RestartPolicy, history: list[tuple[float | None, float, bool]], seed: int
+) -> None:
+    t = RestartTracker(policy, random.Random(seed))
+    now = 0.0
+    granted: list[float] = []
+    startup_failures = 0
+    for to_ready, uptime, failed in history:
+        if to_ready is not None:
+            now += to_ready
+            t.on_ready(now)
+            startup_failures = 0
+        now += uptime
+        decision = t.on_end(now, failed=failed, reached_ready=to_ready is not None)
+        if failed and to_ready is None:
+            startup_failures += 1
+        if isinstance(decision, Restart):
+            # The delay is a non-negative number never above the cap.
+            assert 0.0 <= decision.delay <= policy.backoff_cap
+            assert decision.attempt == len(granted) + 1
+            granted.append(now)
+            # Intensity: never more than max_restarts restarts within one window.
+            recent = [g for g in granted if g > now - policy.restart_window]
+            assert len(recent) <= policy.max_restarts
+            assert policy.mode != "never"
+            assert failed or policy.mode == "always"
+        elif isinstance(decision, Stop):
+            assert not failed
+            assert policy.mode != "always"
+            break
+        else:
+            assert failed or policy.mode == "always"
+            if decision.reason.startswith("crash loop"):
+                assert startup_failures >= policy.crash_loop_threshold
+            break
+        now += decision.delay
+    assert t.restarts == len(granted)
