@@ -22,7 +22,7 @@ from supervisor import (
 from supervisor.core.done import DONE
 from supervisor.core.lifecycle import check_table
 from supervisor.node import TRANSITIONS, NodeState
-from supervisor.protocol import BaseEvent, Generate, RunnerFailed, RunnerStatusUpdated, TaskStatus
+from supervisor.protocol import BaseEvent, Generate, TaskStatus
 from tests.support.recorder import Recorder
 
 pytestmark = pytest.mark.anyio
