@@ -228,7 +228,7 @@ def test_stdin_runner_failure_wins_over_bad_input(cli: StartCli) -> None:
     assert len(c.failures()) == 1
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT])
 def test_signal_to_the_cli_shuts_down_cleanly(cli: StartCli, signum: int) -> None:
     c = cli(*LONG)
     pid = c.runner_pid

@@ -9,6 +9,7 @@ The parts, so that other front ends can reuse them:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -45,6 +46,22 @@ async def task_source(
                 yield line, InputError(line, f"line longer than {config.max_task_bytes} bytes")
             else:
                 yield line, parse_line(text, line=line, max_tokens=args.max_tokens)
+
+
+def check_run_args(args: argparse.Namespace) -> str | None:
+    """What the flags ask for that cannot work, found before a runner is spawned."""
+    from runners.engines import resolve_engine
+
+    try:
+        resolve_engine(args.engine)
+    except Exception as exc:  # noqa: BLE001 - any import error is the user's engine path
+        return f"--engine {args.engine}: {type(exc).__name__}: {exc}".splitlines()[0]
+    if args.stdin:
+        try:
+            os.fstat(0)
+        except OSError:
+            return "--stdin: standard input is closed"
+    return None
 
 
 def embeds_only(engine: str) -> bool:
@@ -126,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         policy = policy_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))  # exits 2
+    problem = check_run_args(args)
+    if problem is not None:
+        parser.error(problem)
     configure_logging(args)
     return COMMANDS[args.command](args, config, spec, policy)
 
@@ -134,6 +154,7 @@ __all__ = [
     "COMMANDS",
     "add_run_arguments",
     "build_parser",
+    "check_run_args",
     "config_from_args",
     "embeds_only",
     "main",

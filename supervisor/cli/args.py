@@ -12,7 +12,14 @@ import json
 import math
 from typing import Any
 
-from supervisor.cli.fields import NUMBER, SIZE, FlagSet, parse_count, parse_seconds
+from supervisor.cli.fields import (
+    NUMBER,
+    SIZE,
+    FlagSet,
+    parse_count,
+    parse_finite_seconds,
+    parse_port,
+)
 from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.restart.policy import RestartPolicy
 
@@ -54,8 +61,8 @@ exit codes:
        lines are still served. A runner failure (1) takes precedence
   3    the runner stayed healthy but a task ended Failed or Cancelled on its own
        (e.g. a task kind the engine does not support, an engine TaskError)
-  130  SIGINT, 143 SIGTERM: the runner was shut down gracefully (a second signal
-       kills it at once); 1 instead if the runner failed
+  129  SIGHUP, 130 SIGINT, 131 SIGQUIT, 143 SIGTERM: the runner was shut down
+       gracefully (a second signal kills it at once); 1 instead if the runner failed
   141  stdout was closed (e.g. piped into head): the runner was shut down
 
 --json output: one object per line. First {{"type": "RunnerStarted", "pid", "runner_id"}},
@@ -129,7 +136,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         engine.add_argument(
             "--" + name.replace("_", "-"),
             dest="echo_" + name,
-            type=parse_seconds,
+            type=parse_finite_seconds,
             metavar="SECONDS",
             help=f"echo engine: {what} (default: 0)",
         )
@@ -164,7 +171,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     POLICY_FLAGS.add_to(restarts)
     restarts.add_argument(
         "--health-port",
-        type=int,
+        type=parse_port,
         metavar="PORT",
         default=None,
         help="serve /healthz, /readyz and /metrics (Prometheus) on this port (0: any free "

@@ -26,13 +26,21 @@ import re
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 # ------------------------------------------------------------------ value types
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+#: Largest size accepted (1 EiB): far above any machine, far below int64 overflow.
+MAX_SIZE = 2**60
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def _clip(text: str, limit: int = 24) -> str:
+    """A flag value for an error line: never the whole of a 5000-digit paste."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} chars)"
 
 
 def parse_size(text: str) -> int:
@@ -41,9 +49,12 @@ def parse_size(text: str) -> int:
     if m is None:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 512M, 2G, 1048576)")
     number, unit = m.groups()
-    size = int(float(number) * _UNITS[unit.lower()])
+    # Exact arithmetic: a float would turn 400 digits into inf (and a traceback).
+    size = int(Fraction(number) * _UNITS[unit.lower()])
     if size <= 0:
         raise argparse.ArgumentTypeError(f"size must be > 0, got {text!r}")
+    if size > MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"size too large: {_clip(text)} (at most 1 EiB)")
     return size
 
 
@@ -51,6 +62,21 @@ def parse_seconds(text: str) -> float:
     value = parse_number(text, what="a number of seconds")
     if value < 0:
         raise argparse.ArgumentTypeError(f"seconds must be >= 0, got {text!r}")
+    return value
+
+
+def parse_finite_seconds(text: str) -> float:
+    """Seconds that something actually waits (a delay), so ``inf`` is refused."""
+    value = parse_seconds(text)
+    if math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, got {text!r}")
+    return value
+
+
+def parse_port(text: str) -> int:
+    value = parse_count(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port (0-65535): {text!r}")
     return value
 
 
@@ -65,6 +91,8 @@ def parse_number(text: str, what: str = "a number") -> float:
 
 
 def parse_count(text: str) -> int:
+    if len(text.strip()) > 18:  # int() refuses > 4300 digits with a bare ValueError anyway
+        raise argparse.ArgumentTypeError(f"number too large: {_clip(text)}")
     try:
         value = int(text)
     except ValueError:
@@ -185,7 +213,9 @@ __all__ = [
     "FlagSet",
     "ValueType",
     "parse_count",
+    "parse_finite_seconds",
     "parse_number",
+    "parse_port",
     "parse_seconds",
     "parse_size",
 ]

@@ -50,6 +50,9 @@ EXIT_RUNNER_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_TASK_FAILED = 3
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+#: Signals that stop the worker gracefully (exit 128 + the signal). SIGHUP and
+#: SIGQUIT too: a closed terminal or Ctrl-\ must not leave tasks without an answer.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 #: What the driver serves: ``(stdin line or None for a prompt, task or bad line)``.
 TaskSource = AsyncIterator[tuple[int | None, BaseTask | InputError]]
@@ -209,7 +212,7 @@ class WorkerRun:
             self.output.started(current.pid, self.rsup.runner_id)
 
     async def _watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if self.signal_received is None:
