@@ -1,16 +1,18 @@
-"""``python -m bench [--quick|--full] [--out bench/RESULTS.md] [--only NAMES]``.
+"""``python -m bench [--quick|--full] [--out bench/RESULTS.md] [--only NAMES] [--plots]``.
 
 Runs each benchmark in turn (each with its own event loop), prints the markdown table
 on stdout and writes the full report (machine info, table, notes) to ``--out``.
 Exits 1 if a benchmark broke, so CI notices a benchmark that rotted; a missed
 target alone does not fail the run (shared CI machines are noisy), it is marked
-MISSED in the table.
+MISSED in the table. ``--plots`` also draws the latency distributions as PNGs in a
+folder beside the report (``RESULTS-plots/`` for ``RESULTS.md``) and links them from it.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import shlex
 import sys
 import time
@@ -22,7 +24,16 @@ from bench.common import SUPERVISOR_LOG, Mode, progress, quiet_supervisor_logs
 from bench.report import Section, machine_info, render_report, render_table
 
 #: Benchmark modules in run order (each has ``run(mode) -> Section``).
-BENCHMARKS = ("forwarding", "death", "freeze", "mttr", "scale", "memory", "embeddings")
+BENCHMARKS = (
+    "forwarding",
+    "death",
+    "freeze",
+    "mttr",
+    "scale",
+    "streaming",
+    "memory",
+    "embeddings",
+)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -42,7 +53,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of: {', '.join(BENCHMARKS)}",
     )
     parser.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"))
+    parser.add_argument(
+        "--plots",
+        action="store_true",
+        help="also draw the latency distributions as PNGs linked from the report "
+        "(needs matplotlib: pip install 'runner-supervisor[bench]')",
+    )
     return parser.parse_args(argv)
+
+
+def _plot_folder(out: Path) -> Path:
+    return out.with_name(f"{out.stem}-plots")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,11 +73,21 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
         return 2
+    if args.plots:
+        from bench import plots
+
+        if not plots.available():
+            print(
+                "python -m bench: --plots needs matplotlib: pip install 'runner-supervisor[bench]'",
+                file=sys.stderr,
+            )
+            return 2
     mode = Mode(quick=not args.full, backend=args.backend)
     quiet_supervisor_logs()
     info = machine_info(mode.name, mode.backend)
     progress(f"{mode.name} mode, backend {mode.backend}: {', '.join(names)}")
     sections: list[Section] = []
+    named: list[tuple[str, Section]] = []
     broken = False
     for name in names:
         run: Callable[[Mode], Section] = importlib.import_module(f"bench.{name}").run
@@ -73,11 +104,19 @@ def main(argv: list[str] | None = None) -> int:
         section.seconds = time.monotonic() - started
         progress(f"{name}: done in {section.seconds:.1f} s")
         sections.append(section)
+        named.append((name, section))
     command = "python -m bench " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
     print(render_table(sections))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render_report(sections, info, command.strip()))
+    links: list[tuple[str, str]] = []
+    if args.plots:
+        from bench import plots
+
+        for title, png in plots.draw(named, _plot_folder(args.out)):
+            links.append((title, os.path.relpath(png, args.out.parent)))
+            progress(f"plot: {png}")
+    args.out.write_text(render_report(sections, info, command.strip(), links))
     progress(f"wrote {args.out}")
     return 1 if broken else 0

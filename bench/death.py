@@ -167,4 +167,5 @@ def run(mode: Mode) -> Section:
         "'reaped' is supervisord's own 'exited:' log line, whose timestamps have 1 ms "
         "resolution (truncated, so values are good to about +-1 ms).",
     ]
+    s.plot_latencies()
     return s

@@ -148,4 +148,5 @@ def run(mode: Mode) -> Section:
         + f". With dump_stacks (the default) the report waits up to {STACK_DRAIN:g} s for "
         "the runner's faulthandler dump, which then appears in RunnerFailed.diagnostics.",
     ]
+    s.plot_latencies()
     return s

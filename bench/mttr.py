@@ -135,4 +135,5 @@ def run(mode: Mode) -> Section:
         + (f"{spawn / fork:.2f}x faster" if fork < spawn else f"{fork / spawn:.2f}x slower")
         + " than spawn here (medians).",
     )
+    s.plot_latencies()
     return s

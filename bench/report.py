@@ -36,11 +36,13 @@ class Stats:
 
     ``tail`` is the p99 of latencies and sizes; for rates (higher is better) it is the
     slow tail, the 1st percentile, so the column always shows the bad end.
+    ``samples`` keeps every measurement, in the order taken, for ``--plots``.
     """
 
     n: int
     median: float
     tail: float
+    samples: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
     def of(cls, values: Sequence[float], unit: Unit) -> Stats:
@@ -49,7 +51,7 @@ class Stats:
         ordered = sorted(values)
         mid = len(ordered) // 2
         median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-        return cls(n=len(values), median=median, tail=tail)
+        return cls(n=len(values), median=median, tail=tail, samples=tuple(values))
 
 
 def fmt(value: float, unit: Unit) -> str:
@@ -117,6 +119,8 @@ class Section:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: Benchmarks (``Row.bench``) whose samples are latency distributions worth drawing.
+    plotted: list[str] = field(default_factory=list)
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
@@ -124,6 +128,12 @@ class Section:
 
     def not_measured(self, bench: str, subject: str, unit: Unit, why: str) -> None:
         self.rows.append(Row(bench, subject, unit, note=f"not measured: {why}"))
+
+    def plot_latencies(self) -> None:
+        """Mark every benchmark measured in seconds so far as a distribution to draw."""
+        for row in self.rows:
+            if row.unit == "s" and row.bench not in self.plotted:
+                self.plotted.append(row.bench)
 
 
 def _cell(text: str) -> str:
@@ -211,8 +221,23 @@ def machine_info(mode: str, backend: str) -> list[tuple[str, str]]:
     ]
 
 
+def render_plots(plots: Sequence[tuple[str, str]]) -> str:
+    """Markdown for the drawn plots: (title, path relative to the report)."""
+    lines = [
+        "Distributions of every sample behind the latency rows above: empirical CDFs (the",
+        "fraction of samples at or below each latency), log scale when they span decades.",
+        "",
+    ]
+    for title, path in plots:
+        lines += [f"**{title}**", "", f"![{title}]({path})", ""]
+    return "\n".join(lines).rstrip()
+
+
 def render_report(
-    sections: Sequence[Section], info: Sequence[tuple[str, str]], command: str
+    sections: Sequence[Section],
+    info: Sequence[tuple[str, str]],
+    command: str,
+    plots: Sequence[tuple[str, str]] = (),
 ) -> str:
     lines = [
         "# Benchmark results",
@@ -234,4 +259,6 @@ def render_report(
         render_notes(sections),
         "",
     ]
+    if plots:
+        lines += ["## Plots", "", render_plots(plots), ""]
     return "\n".join(lines)
