@@ -21,6 +21,10 @@ _TASK_STATUS = 3
 #: ``multiprocessing.Connection`` framing: a signed 4-byte length, or -1 then 8 bytes.
 HEADER = struct.Struct("!i")
 LARGE_HEADER = struct.Struct("!Q")
+#: Largest frame the parent accepts from a runner. Events are tokens, statuses and
+#: embedding vectors (kilobytes); a length beyond this is a corrupt stream, refused
+#: before anything is buffered for it.
+MAX_FRAME_BYTES = 256 * 1024 * 1024
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
