@@ -17,6 +17,7 @@ positional prompt, and ``error``) and
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import enum
 import json
@@ -64,6 +65,20 @@ def to_jsonable(value: Any) -> Any:
     return repr(value)
 
 
+def encodable(text: str, encoding: str | None) -> str:
+    """``text`` with whatever ``encoding`` cannot represent (a lone surrogate from
+    undecodable input, a non-ASCII character on an ASCII terminal) as backslash escapes.
+
+    JSON output is ASCII (``ensure_ascii``), so this never touches it: a ``\\x..``
+    escape would not be valid inside a JSON string.
+    """
+    try:
+        codec = codecs.lookup(encoding or "utf-8").name
+    except LookupError:  # a stream that names an encoding Python does not know
+        codec = "ascii"
+    return text.encode(codec, "backslashreplace").decode(codec)
+
+
 def event_json(event: BaseEvent) -> str:
     """One event as one JSON line (without the newline)."""
     return json.dumps(to_jsonable(event), separators=(",", ":"), allow_nan=True)
@@ -85,7 +100,12 @@ class Output:
         if self.broken:
             return
         try:
-            self.stream.write(text)
+            try:
+                self.stream.write(text)
+            except UnicodeEncodeError:
+                # A ValueError too, but not a closed stream: the text, not the reader, is
+                # at fault. Streams encode before writing, so nothing went out yet.
+                self.stream.write(encodable(text, getattr(self.stream, "encoding", None)))
             self.stream.flush()
         except (BrokenPipeError, ValueError):
             # ValueError: the stream was closed under us. Either way nobody listens.

@@ -16,28 +16,49 @@ from typing import Any
 
 import anyio
 
-from supervisor.ipc.wire import HEADER, LARGE_HEADER, WireError, encode_frame, from_wire
+from supervisor.ipc.wire import HEADER, LARGE_HEADER, MAX_FRAME_BYTES, encode_frame, from_wire
 
 _READ_SIZE = 256 * 1024
 
-__all__ = ["ChannelReader", "ChannelWriter", "FrameDecoder", "encode_frame"]
+__all__ = ["ChannelReader", "ChannelWriter", "FrameDecoder", "FrameError", "encode_frame"]
+
+
+class FrameError(ValueError):
+    """The runner's event stream cannot be decoded (bad length, undecodable pickle).
+
+    ``decoded``: the messages of the same read that came before the bad frame, in
+    order; they are as good as any. The stream has no resync point after a bad
+    frame, so the decoder refuses everything after it.
+    """
+
+    def __init__(self, message: str, decoded: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.decoded: list[Any] = decoded if decoded is not None else []
 
 
 class FrameDecoder:
-    """Incremental decoder of ``Connection.send`` frames."""
+    """Incremental decoder of ``Connection.send`` frames.
 
-    __slots__ = ("_need", "_rest")
+    Any bytes in give messages out or one `FrameError`, never another exception;
+    a frame's length is checked against ``max_frame`` as soon as its header is in,
+    so at most one frame's worth (plus its header) is ever buffered.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_error", "_need", "_rest", "max_frame")
+
+    def __init__(self, max_frame: int = MAX_FRAME_BYTES) -> None:
+        self.max_frame = max_frame
         self._rest = bytearray()  # an incomplete frame carried over to the next read
         self._need = 0  # bytes that frame needs in all, when known
+        self._error: str | None = None
 
     @property
     def buffered(self) -> int:
         return len(self._rest)
 
     def feed(self, data: bytes) -> list[Any]:
-        """The messages completed by ``data``; `WireError` if the stream is corrupt."""
+        if self._error is not None:
+            raise FrameError(f"event stream already broken: {self._error}")
         if self._rest:
             self._rest += data  # amortised: a big frame arrives in many reads
             if len(self._rest) < self._need:
@@ -46,37 +67,50 @@ class FrameDecoder:
             self._rest.clear()
         end = len(data)
         pos = 0
+        need = 4  # bytes the frame at ``pos`` needs in all, as far as is known
         out: list[Any] = []
         append = out.append
         loads = pickle.loads
         unpack = HEADER.unpack_from
-        try:  # free unless something raises: the loop is the per-token hot path
-            while end - pos >= 4:
-                (n,) = unpack(data, pos)
-                start = pos + 4
-                if n < 0:
-                    if n != -1:
-                        raise WireError(f"negative frame length {n}")
-                    if end - start < 8:
-                        break
-                    (n,) = LARGE_HEADER.unpack_from(data, start)
-                    start += 8
-                stop = start + n
-                if stop > end:
+        max_frame = self.max_frame
+        while end - pos >= 4:
+            (n,) = unpack(data, pos)
+            start = pos + 4
+            if n < 0:
+                if n != -1:
+                    raise self._fail(f"negative frame length {n}", out)
+                need = 12
+                if end - start < 8:
                     break
+                (n,) = LARGE_HEADER.unpack_from(data, start)
+                start += 8
+            if n > max_frame:
+                raise self._fail(f"frame of {n} bytes exceeds the {max_frame} limit", out)
+            stop = start + n
+            need = stop - pos
+            if stop > end:
+                break
+            try:
                 append(from_wire(loads(data[start:stop])))
-                pos = stop
-        except WireError:
-            raise
-        except Exception as exc:
-            raise WireError(f"corrupt frame: {type(exc).__name__}: {exc}") from exc
+            except Exception as exc:  # unpickling (a class of its choice) can raise anything
+                raise self._fail(f"undecodable frame of {n} bytes: {_describe(exc)}", out) from exc
+            pos = stop
+            need = 4
         if pos < end:
             self._rest += data[pos:]
-            self._need = 0
-            if end - pos >= 4:
-                (n,) = unpack(data, pos)
-                self._need = (n + 4) if n >= 0 else 12
+            self._need = need
         return out
+
+    def _fail(self, message: str, decoded: list[Any]) -> FrameError:
+        self._error = message
+        self._rest = bytearray()
+        return FrameError(message, decoded)
+
+
+def _describe(exc: BaseException) -> str:
+    """One short line: the message becomes part of a RunnerFailed."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 class ChannelReader:
@@ -88,6 +122,8 @@ class ChannelReader:
         self._decoder = FrameDecoder()
         self.eof = False
         self.closed = False
+        #: Set when the runner wrote something undecodable; nothing is read after it.
+        self.error: FrameError | None = None
 
     def fileno(self) -> int:
         return self._fd
@@ -95,10 +131,11 @@ class ChannelReader:
     def read_available(self) -> list[Any]:
         """Decode whatever is in the pipe now, without blocking. Sets ``eof``.
 
-        A corrupt stream raises `WireError` once, then reads as ended: nothing after
-        a bad frame can be decoded, and a final drain must not raise again."""
+        Never raises: on undecodable input it returns the messages before the bad
+        frame and sets `error` (then returns nothing more); `receive` raises it.
+        """
         out: list[Any] = []
-        while not self.eof and not self.closed:
+        while not self.eof and not self.closed and self.error is None:
             try:
                 data = os.read(self._fd, _READ_SIZE)
             except BlockingIOError:
@@ -111,19 +148,25 @@ class ChannelReader:
                 break
             try:
                 out.extend(self._decoder.feed(data))
-            except WireError:
-                self.eof = True
-                raise
+            except FrameError as exc:
+                out.extend(exc.decoded)
+                self.error = exc
+                break
             if len(data) < _READ_SIZE:
                 break
         return out
 
     async def receive(self) -> list[Any]:
-        """Wait for at least one message; an empty list means EOF."""
+        """Wait for at least one message; an empty list means EOF.
+
+        Raises `FrameError` once the messages before an undecodable frame are out.
+        """
         while True:
             messages = self.read_available()
             if messages or self.eof or self.closed:
                 return messages
+            if self.error is not None:
+                raise self.error
             await anyio.wait_readable(self._fd)
 
     def close(self) -> None:

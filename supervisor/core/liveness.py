@@ -69,10 +69,12 @@ class HeartbeatVerdict:
 class HeartbeatMonitor:
     """Debounced heartbeat check with a psutil second opinion.
 
-    A stale heartbeat alone never kills: after ``stale_checks`` unchanged checks the
-    process is classified. Stopped (``T``) is frozen; a zombie or a vanished process
-    is dead; CPU time still advancing is busy (native code holding the GIL, a heavy
-    import) and is given up to ``busy_grace``; no CPU progress is frozen.
+    A stale heartbeat alone never kills: after ``stale_checks`` unchanged checks (at
+    least 2) the process is classified. Stopped (``T``) is frozen, after that same
+    debounce, so a short SIGSTOP followed by SIGCONT is survived; a zombie or a
+    vanished process is dead at once; CPU time still advancing is busy (native code
+    holding the GIL, a heavy import) and is given up to ``busy_grace``; no CPU
+    progress is frozen.
     """
 
     def __init__(
@@ -120,10 +122,11 @@ class HeartbeatMonitor:
         self._last_cpu = cpu
 
         if is_stopped(sample):
-            # A stopped process cannot beat, and cannot resume by itself: no debounce
-            # beyond the first stale check is needed, but one missed check never kills.
+            # Stopped is not proof of death: a debugger, job control or a checkpoint can
+            # SIGCONT it, so it gets the same debounce as any stale heartbeat. It is not
+            # busy and has no start-up allowance: a stopped process makes no progress.
             self.stale += 1
-            if self.stale >= 2:
+            if self.stale >= self.stale_checks:
                 return HeartbeatVerdict(
                     "frozen",
                     f"runner is stopped (state {sample.status!r}); "

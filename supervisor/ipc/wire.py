@@ -21,12 +21,11 @@ _TASK_STATUS = 3
 #: ``multiprocessing.Connection`` framing: a signed 4-byte length, or -1 then 8 bytes.
 HEADER = struct.Struct("!i")
 LARGE_HEADER = struct.Struct("!Q")
+#: Largest frame the parent accepts from a runner. Events are tokens, statuses and
+#: embedding vectors (kilobytes); a length beyond this is a corrupt stream, refused
+#: before anything is buffered for it.
+MAX_FRAME_BYTES = 256 * 1024 * 1024
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
-
-
-class WireError(ValueError):
-    """Bytes on a runner's pipe that are not a frame this codec wrote: the stream is
-    lost (nothing after a bad frame can be trusted to start at a frame boundary)."""
 
 
 def to_wire(obj: object) -> object:

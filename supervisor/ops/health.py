@@ -15,29 +15,42 @@ no framework. Binds 127.0.0.1 unless told otherwise.
 
 GET and HEAD are served on every path (HEAD: same headers, no body); other
 methods get 405 with ``Allow``. Bodies are short plain text written here: runner
-ids, phase names and our own give-up reasons, never exception text or a traceback.
+ids, phase names and our own give-up reasons (escaped by `printable`, so an id with
+control bytes cannot forge a line), never exception text or a traceback.
+
+Hostile or broken clients cannot starve a probe: a request must arrive whole within
+``REQUEST_TIMEOUT`` (slowloris), a response must be taken within ``SEND_TIMEOUT``,
+and at ``MAX_CONNECTIONS`` a new connection evicts the one that has waited longest
+for its request instead of being refused. Accepting never waits on a connection.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import anyio
 import anyio.abc
 import h11
 from anyio.abc import SocketAttribute
+from anyio.streams.stapled import MultiListener
 from loguru import logger
 
+from supervisor.ops.escape import printable
 from supervisor.ops.metrics import SupervisorMetrics
 from supervisor.ops.observe import HealthSource, RunnerHealth
 from supervisor.ops.phases import NO_RETRY_PHASES, PERMANENT_PHASES, READY_PHASES
 
-#: Seconds a client gets to send a whole request, and to idle between requests.
-REQUEST_TIMEOUT = 10.0
+#: Seconds a client gets to send a whole request (however slowly its bytes trickle
+#: in), and to idle between requests. A probe sends its request at once.
+REQUEST_TIMEOUT = 3.0
+#: Seconds a client gets to take one response (a few KiB) off the socket.
+SEND_TIMEOUT = 5.0
 #: Larger requests (headers) are refused with 431/400: probes send a few hundred bytes.
 MAX_REQUEST_BYTES = 16 * 1024
-#: Connections served at once; more are closed at accept (probes use one each).
+#: Connections held at once (probes use one each); one more evicts the oldest waiting.
 MAX_CONNECTIONS = 64
 #: Retry-After while loading or warming up: a guess, loads take seconds to minutes.
 LOADING_RETRY_AFTER = 5
@@ -68,13 +81,16 @@ class HealthApp:
         snaps = self.source.health_snapshots()
         dead = [h for h in snaps if h.phase in PERMANENT_PHASES]
         if snaps and len(dead) == len(snaps):
-            lines = "".join(f"{h.runner_id} gave up: {h.gave_up_reason or h.phase}\n" for h in dead)
+            lines = "".join(
+                f"{printable(h.runner_id)} gave up: {printable(h.gave_up_reason or h.phase)}\n"
+                for h in dead
+            )
             return 503, [("content-type", _TEXT)], lines.encode()
         return 200, [("content-type", _TEXT)], b"ok\n"
 
     def readyz(self) -> Response:
         snaps = self.source.health_snapshots()
-        body = "".join(f"{h.runner_id} {h.phase}\n" for h in snaps).encode()
+        body = "".join(f"{printable(h.runner_id)} {h.phase}\n" for h in snaps).encode()
         if snaps and all(h.phase in READY_PHASES for h in snaps):
             return 200, [("content-type", _TEXT)], b"ready\n" + body
         headers = [("content-type", _TEXT)]
@@ -107,37 +123,108 @@ class _Close(Exception):
 
 
 class HealthServer:
-    """Serves a `HealthApp` over h11 on an anyio listener."""
+    """Serves a `HealthApp` over h11 on an anyio listener.
 
-    def __init__(self, app: HealthApp) -> None:
+    Every connection runs in its own task; the accept loop only admits. At
+    ``max_connections`` a new one evicts the connection that has waited longest for
+    a request (idle keep-alive, slowloris): the newcomer is most likely a probe, and
+    the evicted one is the least likely to be. Only when every connection is busy
+    answering (each for at most ``send_timeout``) is a new one closed at once.
+    """
+
+    def __init__(
+        self,
+        app: HealthApp,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        request_timeout: float = REQUEST_TIMEOUT,
+        send_timeout: float = SEND_TIMEOUT,
+    ) -> None:
         self.app = app
-        self._limiter = anyio.CapacityLimiter(MAX_CONNECTIONS)
+        self.max_connections = max_connections
+        self.request_timeout = request_timeout
+        self.send_timeout = send_timeout
+        # One cancel scope per connection held: cancelling it drops the connection.
+        self._open: set[anyio.CancelScope] = set()
+        # The subset waiting for a request, longest waiting first.
+        self._waiting: OrderedDict[anyio.CancelScope, None] = OrderedDict()
+        #: Connections dropped to make room, and refused outright (counts, for tests).
+        self.evicted = 0
+        self.refused = 0
+        self._accept_error_logged = -math.inf
+
+    @property
+    def connections(self) -> int:
+        """Connections held now (at most ``max_connections``)."""
+        return len(self._open)
 
     async def serve(self, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
-        await listener.serve(self._connection)
+        async with anyio.create_task_group() as tg:
+            for socket_listener in _socket_listeners(listener):
+                tg.start_soon(self._accept_forever, socket_listener, tg)
 
-    async def _connection(self, stream: anyio.abc.SocketStream) -> None:
+    async def _accept_forever(
+        self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup
+    ) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                # EMFILE and the like: shed a waiting connection, breathe, go on; a
+                # health server that stops accepting fails every probe from now on.
+                self._accept_failed(exc)
+                self._evict_oldest()
+                await anyio.sleep(0.05)
+                continue
+            if len(self._open) >= self.max_connections and not self._evict_oldest():
+                self.refused += 1
+                tg.start_soon(_discard, stream)
+                continue
+            slot = anyio.CancelScope()
+            self._open.add(slot)
+            tg.start_soon(self._connection, stream, slot)
+
+    def _evict_oldest(self) -> bool:
+        if not self._waiting:
+            return False
+        slot, _ = self._waiting.popitem(last=False)
+        self._open.discard(slot)
+        slot.cancel()
+        self.evicted += 1
+        return True
+
+    def _accept_failed(self, exc: OSError) -> None:
+        now = time.monotonic()
+        if now - self._accept_error_logged >= 10.0:  # not a log line per refused client
+            self._accept_error_logged = now
+            logger.warning("health server: accept failed ({}); shedding connections", exc)
+
+    async def _connection(self, stream: anyio.abc.SocketStream, slot: anyio.CancelScope) -> None:
         async with stream:
-            try:
-                self._limiter.acquire_on_behalf_of_nowait(stream)
-            except anyio.WouldBlock:
-                return  # too many at once: closing is the cheapest answer
-            try:
-                await self._serve_requests(stream)
-            except _Close:
-                pass
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                pass
-            except Exception as exc:  # noqa: BLE001 - one bad connection must not stop the server
-                logger.opt(exception=exc).error("health server: connection failed")
-            finally:
-                self._limiter.release_on_behalf_of(stream)
+            with slot:
+                try:
+                    await self._serve_requests(stream, slot)
+                except _Close:
+                    pass
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    pass
+                except Exception as exc:  # noqa: BLE001 - one bad connection must not stop the server
+                    logger.opt(exception=exc).error("health server: connection failed")
+                finally:
+                    self._waiting.pop(slot, None)
+                    self._open.discard(slot)
 
-    async def _serve_requests(self, stream: anyio.abc.SocketStream) -> None:
+    async def _serve_requests(
+        self, stream: anyio.abc.SocketStream, slot: anyio.CancelScope
+    ) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
         while True:
-            with anyio.move_on_after(REQUEST_TIMEOUT) as scope:
+            self._waiting[slot] = None  # evictable from now, after those waiting longer
+            # One deadline for the whole request, not per read: a byte every few
+            # hundred ms must not keep a connection forever.
+            with anyio.move_on_after(self.request_timeout) as scope:
                 request = await self._read_request(conn, stream)
+            self._waiting.pop(slot, None)
             if scope.cancelled_caught or request is None:
                 return
             method = request.method.decode("ascii", "replace")
@@ -145,7 +232,9 @@ class HealthServer:
             try:
                 status, headers, body = self.app.respond(method, target)
             except Exception as exc:  # noqa: BLE001 - answer 500, keep the traceback in the log
-                logger.opt(exception=exc).error("health server: {} {} failed", method, target)
+                logger.opt(exception=exc).error(
+                    "health server: {} {} failed", method, printable(target)
+                )
                 status, headers, body = 500, [("content-type", _TEXT)], b"internal error\n"
             await self._send(conn, stream, status, headers, body, head=method == "HEAD")
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
@@ -215,7 +304,27 @@ class HealthServer:
         ):
             if event is not None:
                 out += conn.send(event) or b""
-        await stream.send(bytes(out))
+        with anyio.move_on_after(self.send_timeout) as scope:
+            await stream.send(bytes(out))
+        if scope.cancelled_caught:
+            raise _Close  # a client that does not read its answer holds a slot for nothing
+
+
+def _socket_listeners(
+    listener: anyio.abc.Listener[anyio.abc.SocketStream],
+) -> list[anyio.abc.SocketListener]:
+    """The socket listeners to accept on (``create_tcp_listener`` gives a MultiListener)."""
+    if isinstance(listener, MultiListener):
+        return [sub for each in listener.listeners for sub in _socket_listeners(each)]
+    if isinstance(listener, anyio.abc.SocketListener):
+        return [listener]
+    raise TypeError(f"HealthServer serves socket listeners, not {type(listener).__name__}")
+
+
+async def _discard(stream: anyio.abc.SocketStream) -> None:
+    """Close a connection there is no room for (a task, so accepting never waits)."""
+    with anyio.CancelScope(shield=True):
+        await stream.aclose()
 
 
 async def serve_health(

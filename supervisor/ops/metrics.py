@@ -12,6 +12,11 @@ Two kinds of numbers:
 Every `SupervisorMetrics` has its own `CollectorRegistry` (never the global one),
 so several nodes or tests in one process do not collide.
 
+Label values that come from outside (runner ids; failure reasons and detectors, which
+a runner's own status report could carry) go through `printable` first: Prometheus
+escapes only backslash, quote and newline, so a carriage return or an escape
+sequence would reach scrapers raw, and a lone surrogate would fail every scrape.
+
 Detection latency (``runner_supervisor_detection_latency_seconds``) is the time
 from the best estimate of the moment the runner died or froze to the moment its
 `RunnerFailed` was emitted. For deaths the estimate is when the kernel reported
@@ -29,6 +34,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from supervisor.ops.escape import printable
 from supervisor.ops.observe import HealthSource, RunnerHealth
 from supervisor.ops.phases import ALL_PHASES
 from supervisor.protocol import RunnerFailed, TaskStatus
@@ -74,7 +80,7 @@ class _LiveCollector(Collector):
             labels=["runner_id"],
         )
         for h in self._snapshots():
-            rid = h.runner_id
+            rid = printable(h.runner_id)
             if h.heartbeat_age is not None:
                 heartbeat.add_metric([rid], h.heartbeat_age)
             if h.rss is not None:
@@ -150,18 +156,19 @@ class SupervisorMetrics:
     def on_failure(
         self, runner_id: str, failure: RunnerFailed, detection_latency: float | None
     ) -> None:
-        self.failures.labels(runner_id, failure.reason, failure.detected_by).inc()
+        detected_by = printable(failure.detected_by)
+        self.failures.labels(printable(runner_id), printable(failure.reason), detected_by).inc()
         if detection_latency is not None:
-            self.detection_latency.labels(failure.detected_by).observe(detection_latency)
+            self.detection_latency.labels(detected_by).observe(detection_latency)
 
     def on_restart(self, runner_id: str, incarnation: int, delay: float) -> None:
-        self.restarts.labels(runner_id).inc()
+        self.restarts.labels(printable(runner_id)).inc()
 
     def on_gave_up(self, runner_id: str, reason: str) -> None:
-        self.gave_up.labels(runner_id).inc()
+        self.gave_up.labels(printable(runner_id)).inc()
 
     def on_task_finished(self, runner_id: str, status: TaskStatus) -> None:
-        self.tasks.labels(runner_id, str(status)).inc()
+        self.tasks.labels(printable(runner_id), str(status)).inc()
 
 
 __all__ = ["LATENCY_BUCKETS", "PREFIX", "SupervisorMetrics"]

@@ -122,12 +122,13 @@ def test_a_vanished_or_zombie_process_is_dead_at_the_first_stale_check(
 
 
 @pytest.mark.parametrize("state", [psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP])
-def test_a_stopped_process_is_frozen_on_the_second_stale_check(state: str) -> None:
-    m = monitor(stale_checks=10)  # the debounce does not apply beyond one check
+def test_a_stopped_process_is_frozen_after_the_configured_stale_checks(state: str) -> None:
+    m = monitor(stale_checks=3)  # a stop is judged like any stale heartbeat
     m.check(1.0, now=0.1, sampler=never)
     stopped = fixed(sample(state))
     assert m.check(1.0, now=0.2, sampler=stopped).verdict == "waiting"
-    v = m.check(1.0, now=0.3, sampler=stopped)
+    assert m.check(1.0, now=0.3, sampler=stopped).verdict == "waiting"
+    v = m.check(1.0, now=0.4, sampler=stopped)
     assert v.verdict == "frozen"
     assert f"state {state!r}" in v.message
 
