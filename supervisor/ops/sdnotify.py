@@ -20,6 +20,7 @@ from collections.abc import Mapping
 import anyio
 from loguru import logger
 
+from supervisor.ops.escape import printable
 from supervisor.ops.observe import HealthSource
 from supervisor.ops.phases import PERMANENT_PHASES, READY_PHASES
 
@@ -72,7 +73,9 @@ class SdNotifier:
 
     def notify(self, *lines: str) -> bool:
         """Send ``lines`` as one datagram; False (and a log line) if it could not go."""
-        message = "\n".join(line.replace("\n", " ") for line in lines).encode()
+        # printable(): a runner id with a lone surrogate or a newline must neither raise
+        # here nor forge an extra KEY=VALUE line in the datagram.
+        message = "\n".join(printable(line) for line in lines).encode()
         try:
             self._sock.sendto(message, self.address)
         except OSError as exc:
@@ -95,7 +98,7 @@ def describe(source: HealthSource) -> str:
     parts = []
     for h in source.health_snapshots():
         extra = f" (restarts {h.restarts})" if h.restarts else ""
-        parts.append(f"{h.runner_id}: {h.phase}{extra}")
+        parts.append(f"{printable(h.runner_id)}: {h.phase}{extra}")
     return "; ".join(parts) or "no runners"
 
 
