@@ -31,7 +31,7 @@ from supervisor.core.process import RunnerProcess
 from supervisor.core.relay import Relay
 from supervisor.core.tasks import RECENT_TASK_IDS as RECENT_TASK_IDS
 from supervisor.core.tasks import TaskBook, validate_task
-from supervisor.errors import RunnerFailedError
+from supervisor.errors import RunnerFailedError, SupervisorClosedError
 from supervisor.protocol import (
     BaseEvent,
     BaseRunnerStatus,
@@ -161,10 +161,11 @@ class RunnerSupervisor:
     async def start_task(self, task: BaseTask) -> None:
         """Send ``task``; return once the runner acknowledged it.
 
-        Raises `RunnerFailedError` if the runner fails first, already failed, or is
-        shut down or shutting down; `DuplicateTaskError` for a task id already in
-        use, `ReservedTaskIdError` for one in the supervisor's own namespace, and
-        `TypeError` or `ValueError` for a malformed task (the supervisor keeps running).
+        Raises `RunnerFailedError` (with its failure) if the runner fails first or
+        already failed, `SupervisorClosedError` once it is shut down or shutting
+        down, `DuplicateTaskError` for a task id already in use, `ReservedTaskIdError`
+        for one in the supervisor's own namespace, and `TypeError` or `ValueError`
+        for a malformed task (the supervisor keeps running).
         """
         validate_task(task, self.config.max_task_bytes)
         if self._relay.failure is None and self._life.state is Life.ENDING:
@@ -183,12 +184,9 @@ class RunnerSupervisor:
 
     def _refuse(self, why: str) -> NoReturn:
         """The runner failed (its failure says why) or was stopped: no task for it."""
-        raise RunnerFailedError(
-            self._relay.failure
-            or RunnerFailed(
-                reason="exited", error_message=f"runner {why}", exit_code=self.exit_code
-            )
-        )
+        if self._relay.failure is not None:
+            raise RunnerFailedError(self._relay.failure)
+        raise SupervisorClosedError(f"runner {self.runner_id} {why}")
 
     def cancel_task(self, task_id: str) -> Done:
         """Ask the runner to stop ``task_id`` at its next step. Never blocks."""

@@ -13,7 +13,8 @@ import psutil
 import pytest
 
 from supervisor import DuplicateTaskError, RunnerFailedError, RunnerSpec, SupervisorConfig
-from supervisor.errors import ReservedTaskIdError
+from supervisor.core.done import DONE
+from supervisor.errors import ReservedTaskIdError, SupervisorClosedError
 from supervisor.protocol import (
     BaseTask,
     ChunkGenerated,
@@ -288,15 +289,19 @@ async def test_host_ids_in_the_probe_namespace_are_refused_at_once() -> None:
     assert r.rec.failures() == []
 
 
-async def test_new_tasks_are_refused_once_a_stop_was_asked() -> None:
+@pytest.mark.parametrize("stop", ["shutdown", "kill"])
+async def test_new_tasks_are_refused_once_a_stop_was_asked(stop: str) -> None:
     async with supervised() as r:
         await r.ready()
-        r.sup.shutdown()
-        with pytest.raises(RunnerFailedError, match="shutting down"):
+        assert getattr(r.sup, stop)() is DONE
+        with pytest.raises(SupervisorClosedError, match="shutting down"):
             await r.sup.start_task(Generate(task_id="late", prompt="x"))
         await r.finished()
-        with pytest.raises(RunnerFailedError, match="shut down"):
+        with pytest.raises(SupervisorClosedError, match="shut down"):
             await r.sup.start_task(Generate(task_id="later", prompt="x"))
+        assert r.sup.shutdown() is DONE  # and every stop call after the end too
+        assert r.sup.kill() is DONE
+        assert r.sup.cancel_task("later") is DONE
     assert r.rec.failures() == []
     assert r.rec.terminal("late") == []
     assert r.rec.terminal("later") == []
@@ -355,14 +360,25 @@ async def test_shutdown_escalates_to_sigterm_for_a_stuck_runner() -> None:
     config = SupervisorConfig(shutdown_grace=0.3, stop_grace=1.0)
     async with supervised(spec, config) as r:
         await r.sup.start_task(LoadModel(task_id="load"))
-        t0 = time.monotonic()
-        r.sup.shutdown()
+        queued = Warmup(task_id="w")  # sent, but the runner is stuck before reading it
+
+        async def start_queued() -> None:
+            with pytest.raises(SupervisorClosedError, match="before acknowledging"):
+                await r.sup.start_task(queued)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(start_queued)
+            await anyio.sleep(0.1)
+            assert "w" in r.sup.pending
+            t0 = time.monotonic()
+            r.sup.shutdown()
         await r.finished()
         took = time.monotonic() - t0
     assert r.rec.failures() == []  # asked to stop, and it stopped: not a failure
     assert isinstance(r.sup.status, RunnerShutdown)
     assert r.sup.exit_code == -signal.SIGTERM
     assert r.rec.terminal("load") == [TaskStatus.Failed]
+    assert r.rec.terminal("w") == [TaskStatus.Failed]  # its one end, never acknowledged
     assert took < 5
 
 
