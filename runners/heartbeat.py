@@ -27,7 +27,7 @@ class Heartbeat(threading.Thread):
     """Bumps the shared heartbeat every ``interval`` seconds.
 
     It proves the process is scheduled and its interpreter can still switch
-    threads; it says nothing about the main loop (that is the progress counter).
+    threads; it says nothing about the main loop (that is the progress tick).
     It also watches for its parent's death (pipe EOF and PDEATHSIG cover most
     cases; this covers platforms without PDEATHSIG) and then takes the whole
     process group down, grandchildren included.

@@ -8,6 +8,11 @@ place and tested without processes. An illegal move raises `IllegalTransition`
 `Notifier` is the one "something changed" wake-up every layer uses: waiters
 re-check their condition after each `notify()`. Its event is created on first
 wait, so a supervisor can be built outside a running event loop.
+
+One runner incarnation (`RunnerSupervisor`) lives through `Life`. How far a stop of
+it has gone is a separate `Stop` level, because a stop is independent of the life:
+it can be asked before `run` starts, and while the end is reported it still decides
+whether the exit was a stop or a failure.
 """
 
 from __future__ import annotations
@@ -100,4 +105,39 @@ def check_table(table: Mapping[S, frozenset[S]], states: type[S]) -> None:
                 raise ValueError(f"unknown target {target!r}")
 
 
-__all__ = ["IllegalTransition", "Notifier", "StateMachine", "check_table"]
+# --------------------------------------------------- one runner incarnation
+class Life(enum.Enum):
+    """Where one incarnation is in its life (see `LIFE_TABLE` for the moves)."""
+
+    CREATED = "created"  # spawned; `run` not called yet (tasks may already be sent)
+    RUNNING = "running"  # watched by the detectors
+    ENDING = "ending"  # a detector saw the end; it is being reported
+    FINISHED = "finished"  # reported once, reaped, every fd closed
+
+
+LIFE_TABLE: Mapping[Life, frozenset[Life]] = {
+    Life.CREATED: frozenset({Life.RUNNING}),
+    # RUNNING -> FINISHED: the host cancelled `run`; the runner is killed, not judged.
+    Life.RUNNING: frozenset({Life.ENDING, Life.FINISHED}),
+    Life.ENDING: frozenset({Life.FINISHED}),
+    Life.FINISHED: frozenset(),
+}
+
+
+class Stop(enum.IntEnum):
+    """How far a stop of the runner has gone; it only ever rises."""
+
+    NONE = 0
+    ASKED = 1  # `shutdown` or a Shutdown task: the runner is to exit by itself
+    FORCED = 2  # we signalled it to make it stop (`kill`, SIGTERM): its death is a stop
+
+
+__all__ = [
+    "LIFE_TABLE",
+    "IllegalTransition",
+    "Life",
+    "Notifier",
+    "StateMachine",
+    "Stop",
+    "check_table",
+]

@@ -101,6 +101,18 @@ class HeartbeatMonitor:
         self._last_cpu: float | None = None
         self.last_sample: ProcessSample | None = None
 
+    def age(self, value: float, now: float) -> float | None:
+        """Seconds since the beat last changed as of the last `check`, given its value now.
+
+        None before the first beat; 0 if it moved since the last check (it is alive
+        now, and the check, not this reading, is what records when it changed).
+        """
+        if value <= 0:
+            return None
+        if value != self.last_value:
+            return 0.0
+        return now - self.last_change
+
     def check(
         self, value: float, now: float, sampler: Callable[[], ProcessSample | None]
     ) -> HeartbeatVerdict:

@@ -57,7 +57,6 @@ class RunnerProcess:
         assert pid is not None
         self.pid: int = pid
         self.sentinel: int = process.sentinel
-        self.signals_sent: list[int] = []
         self.reader = ProcReader(pid)
         _live.add(self)
 
@@ -115,7 +114,6 @@ class RunnerProcess:
     # ------------------------------------------------------------ signalling
     def signal_group(self, signum: int) -> None:
         """Signal the runner's whole process group (it leads its own)."""
-        self.signals_sent.append(signum)
         # Also after the leader was reaped: while any member lives, the kernel keeps
         # the leader's pid reserved as the group id, so this cannot hit a stranger.
         with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -1,4 +1,5 @@
-"""Lock-free counters shared between the supervisor and its runner.
+"""Lock-free slots shared between the supervisor and its runner: a heartbeat counter
+and two CLOCK_MONOTONIC stamps.
 
 One ``RawArray('d')`` with a single writer per slot: a locked ``Value`` would deadlock
 the reader forever if the runner died or stopped while holding the lock. Aligned
@@ -14,14 +15,13 @@ from typing import Any
 _monotonic = time.monotonic
 
 HEARTBEAT = 0  # bumped by the runner's heartbeat thread
-PROGRESS = 1  # bumped by the runner's main loop on every step
-EXTEND_UNTIL = 2  # CLOCK_MONOTONIC deadline an engine declared for a long step
-LAST_TICK = 3  # CLOCK_MONOTONIC time of the main loop's last progress tick
-_SLOTS = 4
+EXTEND_UNTIL = 1  # CLOCK_MONOTONIC deadline an engine declared for a long step
+LAST_TICK = 2  # CLOCK_MONOTONIC time of the main loop's last progress tick
+_SLOTS = 3
 
 
 class SharedState:
-    """The shared counters. Picklable to a spawned child through multiprocessing."""
+    """The shared slots. Picklable to a spawned child through multiprocessing."""
 
     __slots__ = ("_array",)
 
@@ -40,9 +40,8 @@ class SharedState:
         self._array[HEARTBEAT] += 1.0
 
     def tick(self) -> None:
-        array = self._array
-        array[PROGRESS] += 1.0
-        array[LAST_TICK] = _monotonic()
+        """The main loop made progress (stamped, so the supervisor knows *when*)."""
+        self._array[LAST_TICK] = _monotonic()
 
     def extend_deadline(self, seconds: float) -> None:
         """Declare that the current step may take up to ``seconds`` without progress."""
@@ -53,10 +52,6 @@ class SharedState:
     @property
     def heartbeat(self) -> float:
         return float(self._array[HEARTBEAT])
-
-    @property
-    def progress(self) -> float:
-        return float(self._array[PROGRESS])
 
     @property
     def extend_until(self) -> float:

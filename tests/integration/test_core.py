@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -12,6 +13,8 @@ import psutil
 import pytest
 
 from supervisor import DuplicateTaskError, RunnerFailedError, RunnerSpec, SupervisorConfig
+from supervisor.core.done import DONE
+from supervisor.errors import ReservedTaskIdError, SupervisorClosedError
 from supervisor.protocol import (
     BaseTask,
     ChunkGenerated,
@@ -152,6 +155,13 @@ async def test_sigstop_freeze_is_detected_by_heartbeat() -> None:
     assert latency <= 3.5
     assert r.rec.terminal("g") == [TaskStatus.Failed]
     assert r.sup.exit_code == -signal.SIGKILL  # a frozen runner is killed, not left stopped
+    # The age is the heartbeat watch's: stale for (at least) the debounce before the verdict.
+    age = r.sup.heartbeat_age
+    assert age is not None
+    assert age >= 2 * SupervisorConfig().heartbeat_check_interval
+    later = r.sup.heartbeat_age
+    assert later is not None
+    assert later >= age
 
 
 async def test_pending_start_task_waiters_are_released() -> None:
@@ -214,7 +224,10 @@ async def test_exactly_one_runner_failed_when_detectors_race(attempt: int) -> No
         await r.rec.wait_for(lambda: len(r.rec.chunks("g")) >= 5)
         os.kill(r.sup.pid, signal.SIGSTOP)  # heartbeat and progress both go stale...
         await anyio.sleep(0.02 * attempt)
-        os.kill(r.sup.pid, signal.SIGKILL)  # ...while sentinel, EOF and poll see death
+        # ...while sentinel, EOF and poll see death. The 20 ms heartbeat check may have
+        # found the freeze and reaped the runner already: then there is nothing to kill.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(r.sup.pid, signal.SIGKILL)
         await r.finished()
         await anyio.sleep(0.05)
     assert len(r.rec.failures()) == 1
@@ -256,6 +269,42 @@ async def test_duplicate_task_ids_are_refused() -> None:
         await r.rec.wait_for(lambda: bool(r.rec.terminal("g")))
     assert r.rec.terminal("g") == [TaskStatus.Cancelled]
     assert len([c for c in r.rec.chunks("g") if c.text.startswith("y")]) == 0
+
+
+async def test_host_ids_in_the_probe_namespace_are_refused_at_once() -> None:
+    # Probes are "__probe-<n>": a host task that took the id of an unanswered probe had
+    # its acknowledgement taken for the probe's, and its start_task hung.
+    config = SupervisorConfig(probe_interval=0.1, probe_timeout=5)
+    async with supervised(config=config, token_delay=0.001) as r:
+        await r.ready()
+        with anyio.fail_after(10):
+            while r.sup.probes_sent < 1:  # noqa: ASYNC110 - probes emit no event to await
+                await anyio.sleep(0.05)
+        for n in (r.sup.probes_sent, r.sup.probes_sent + 1):
+            with anyio.fail_after(1), pytest.raises(ReservedTaskIdError):
+                await r.sup.start_task(Generate(task_id=f"__probe-{n}", prompt="x"))
+        assert r.sup.pending == {}
+        await r.sup.start_task(Generate(task_id="ok", prompt="a b", max_tokens=2))
+        await r.rec.wait_for(lambda: r.rec.terminal("ok") == [TaskStatus.Complete])
+    assert r.rec.failures() == []
+
+
+@pytest.mark.parametrize("stop", ["shutdown", "kill"])
+async def test_new_tasks_are_refused_once_a_stop_was_asked(stop: str) -> None:
+    async with supervised() as r:
+        await r.ready()
+        assert getattr(r.sup, stop)() is DONE
+        with pytest.raises(SupervisorClosedError, match="shutting down"):
+            await r.sup.start_task(Generate(task_id="late", prompt="x"))
+        await r.finished()
+        with pytest.raises(SupervisorClosedError, match="shut down"):
+            await r.sup.start_task(Generate(task_id="later", prompt="x"))
+        assert r.sup.shutdown() is DONE  # and every stop call after the end too
+        assert r.sup.kill() is DONE
+        assert r.sup.cancel_task("later") is DONE
+    assert r.rec.failures() == []
+    assert r.rec.terminal("late") == []
+    assert r.rec.terminal("later") == []
 
 
 async def test_bad_input_is_refused_and_the_runner_keeps_serving() -> None:
@@ -311,14 +360,25 @@ async def test_shutdown_escalates_to_sigterm_for_a_stuck_runner() -> None:
     config = SupervisorConfig(shutdown_grace=0.3, stop_grace=1.0)
     async with supervised(spec, config) as r:
         await r.sup.start_task(LoadModel(task_id="load"))
-        t0 = time.monotonic()
-        r.sup.shutdown()
+        queued = Warmup(task_id="w")  # sent, but the runner is stuck before reading it
+
+        async def start_queued() -> None:
+            with pytest.raises(SupervisorClosedError, match="before acknowledging"):
+                await r.sup.start_task(queued)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(start_queued)
+            await anyio.sleep(0.1)
+            assert "w" in r.sup.pending
+            t0 = time.monotonic()
+            r.sup.shutdown()
         await r.finished()
         took = time.monotonic() - t0
     assert r.rec.failures() == []  # asked to stop, and it stopped: not a failure
     assert isinstance(r.sup.status, RunnerShutdown)
     assert r.sup.exit_code == -signal.SIGTERM
     assert r.rec.terminal("load") == [TaskStatus.Failed]
+    assert r.rec.terminal("w") == [TaskStatus.Failed]  # its one end, never acknowledged
     assert took < 5
 
 

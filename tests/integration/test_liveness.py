@@ -69,6 +69,26 @@ async def test_load_blocked_in_sleep_misses_its_deadline() -> None:
     assert r.rec.terminal("load") == [TaskStatus.Failed]
 
 
+@pytest.mark.parametrize("dump_stacks", [True, False])
+async def test_stack_dump_is_asked_for_and_says_so_in_the_evidence(dump_stacks: bool) -> None:
+    spec = RunnerSpec(engine="tests.support.engines:SleepyLoadEngine", options={"load_sleep": 60})
+    config = SupervisorConfig(load_timeout=0.8, stop_grace=0.5, dump_stacks=dump_stacks)
+    async with supervised(spec, config) as r:
+        await r.sup.start_task(LoadModel(task_id="load"))
+        await r.finished()
+    (failure,) = r.rec.failures()
+    assert failure.reason == "stalled"
+    notes = [line for line in failure.diagnostics if "stack dump requested" in line]
+    dumped = any("most recent call first" in line for line in failure.diagnostics)
+    if dump_stacks:
+        assert notes == [f"stack dump requested (SIGUSR1) after: {failure.error_message}"]
+        assert failure.diagnostics[0] == notes[0]  # it introduces the stacks that follow
+        assert dumped
+    else:
+        assert notes == []
+        assert not dumped
+
+
 @pytest.mark.slow
 async def test_gil_held_busy_in_native_code_is_not_killed() -> None:
     # sum(range(n)) never leaves C: the heartbeat thread starves for ~4 s, more than

@@ -1,0 +1,206 @@
+"""The watch loops over one runner process: each reports the end it sees, once.
+
+Every loop runs in the supervisor's task group and calls ``end`` with an `EndCause`
+when it sees the runner's end (death, freeze, wedge, memory); the supervisor keeps
+the first cause and cancels the rest. The judgement itself (is a stale heartbeat a
+freeze? is this silence past the phase's deadline?) lives in the pure monitors of
+`supervisor.core.liveness`; these loops only feed them readings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio
+from loguru import logger
+
+from supervisor.config import SupervisorConfig
+from supervisor.core.lifecycle import Notifier
+from supervisor.core.liveness import (
+    HeartbeatMonitor,
+    ProgressMonitor,
+    ResourceMeter,
+    ResourceSample,
+    is_stopped,
+    sample_process,
+)
+from supervisor.core.process import RunnerProcess
+from supervisor.protocol import (
+    BaseRunnerStatus,
+    Detector,
+    FailureReason,
+    RunnerLoading,
+    RunnerRunning,
+    RunnerWarmingUp,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EndCause:
+    """Why the watch ended. ``reason`` is None when the process exited by itself."""
+
+    detected_by: Detector
+    reason: FailureReason | None = None
+    message: str = ""
+    frozen: bool = False
+
+
+#: The current phase's name and its progress deadline in seconds; None when idle.
+Phase = tuple[str, float] | None
+
+
+def phase_deadline(status: BaseRunnerStatus, decoding: bool, config: SupervisorConfig) -> Phase:
+    """Which progress deadline applies to a runner in ``status``.
+
+    ``decoding``: a Generate task has streamed its first chunk (prefill is over).
+    """
+    if isinstance(status, RunnerLoading):
+        return "load", config.load_timeout
+    if isinstance(status, RunnerWarmingUp):
+        return "warmup", config.warmup_timeout
+    if isinstance(status, RunnerRunning):
+        if decoding:
+            return "decode", config.decode_timeout
+        return "prefill", config.prefill_timeout
+    return None
+
+
+async def sleep_on_grid(interval: float) -> None:
+    """Sleep until the next multiple of ``interval`` on the monotonic clock.
+
+    Every supervisor in the loop then checks at the same instants, so a node of
+    64 runners wakes its event loop a few times a second instead of 64 times as
+    often: the periodic checks share one wake-up.
+    """
+    await anyio.sleep(interval - time.monotonic() % interval)
+
+
+class Phases(Protocol):
+    """What the progress watch needs from whoever follows the runner's events."""
+
+    #: Restarted when a phase starts: silence before it does not count.
+    progress: ProgressMonitor
+    #: Notified when the runner starts work, so an idle runner costs nothing.
+    busy: Notifier
+
+    def phase(self) -> Phase:
+        """The current phase and its deadline; None while idle."""
+        ...
+
+
+class Detectors:
+    """Exit, liveness, heartbeat and progress watches over one `RunnerProcess`."""
+
+    def __init__(
+        self,
+        proc: RunnerProcess,
+        config: SupervisorConfig,
+        *,
+        runner_id: str,
+        started_at: float,
+        end: Callable[[EndCause], None],
+        phases: Phases,
+    ) -> None:
+        self._proc = proc
+        self._config = config
+        self._runner_id = runner_id
+        self._end = end
+        self._phases = phases
+        self._meter = ResourceMeter(proc.reader)
+        self.heartbeat = HeartbeatMonitor(
+            stale_checks=config.heartbeat_stale_checks,
+            check_interval=config.heartbeat_check_interval,
+            busy_grace=config.busy_grace,
+            start_timeout=config.start_timeout,
+            started_at=started_at,
+        )
+        self.resources: ResourceSample | None = None
+
+    def heartbeat_age(self) -> float | None:
+        """Seconds since the heartbeat last changed, as the heartbeat watch saw it."""
+        return self.heartbeat.age(self._proc.shared.heartbeat, time.monotonic())
+
+    async def watch_exit(self) -> None:
+        """The process sentinel: readable the moment the runner exits."""
+        await anyio.wait_readable(self._proc.sentinel)
+        self._end(EndCause(detected_by="sentinel"))
+
+    async def poll_alive(self) -> None:
+        """Backstop for death, resource samples for metrics, and the memory limit."""
+        limit = self._config.memory_limit
+        while True:
+            await sleep_on_grid(self._config.poll_interval)
+            if not self._proc.is_alive():
+                self._end(EndCause(detected_by="poll"))
+                return
+            sample = self._meter.sample()
+            if sample is None:
+                continue
+            self.resources = sample
+            if limit is not None and sample.rss > limit:
+                message = (
+                    f"RSS {sample.rss / 2**20:.0f} MiB exceeds memory_limit {limit / 2**20:.0f} MiB"
+                )
+                self._end(EndCause(detected_by="poll", reason="memory_limit", message=message))
+                return
+
+    async def watch_heartbeat(self) -> None:
+        interval = self._config.heartbeat_check_interval
+        shared = self._proc.shared
+        monitor = self.heartbeat
+        ps = self._proc.reader
+        busy_logged = False
+        while True:
+            await sleep_on_grid(interval)
+            verdict = monitor.check(shared.heartbeat, time.monotonic(), lambda: sample_process(ps))
+            if verdict.verdict == "ok":
+                busy_logged = False
+            elif verdict.verdict == "busy" and not busy_logged:
+                busy_logged = True
+                logger.warning("runner {}: {}", self._runner_id, verdict.message)
+            elif verdict.verdict == "dead":
+                self._end(EndCause(detected_by="heartbeat"))
+                return
+            elif verdict.verdict == "frozen":
+                sample = monitor.last_sample
+                frozen = sample is not None and is_stopped(sample)
+                self._end(
+                    EndCause(
+                        detected_by="heartbeat",
+                        reason="unresponsive",
+                        message=verdict.message,
+                        frozen=frozen,
+                    )
+                )
+                return
+
+    async def watch_progress(self) -> None:
+        shared = self._proc.shared
+        phases = self._phases
+        while True:
+            phase = phases.phase()
+            if phase is None:
+                # Idle runners cost nothing here: wait for work instead of polling.
+                await phases.busy.wait()
+                phases.progress.reset(time.monotonic())
+                continue
+            name, deadline = phase
+            stalled_for, left = phases.progress.check(
+                shared.last_tick, time.monotonic(), deadline, shared.extend_until
+            )
+            if stalled_for is None:
+                # Wake at the deadline (plus a hair), or sooner to notice a phase change.
+                await anyio.sleep(min(left + 0.002, self._config.progress_check_interval))
+                continue
+            message = (
+                f"main loop made no progress for {stalled_for:.1f}s in phase "
+                f"{name} (deadline {deadline:g}s)"
+            )
+            self._end(EndCause(detected_by="progress", reason="stalled", message=message))
+            return
+
+
+__all__ = ["Detectors", "EndCause", "Phase", "Phases", "phase_deadline", "sleep_on_grid"]
