@@ -15,7 +15,7 @@ import anyio
 from loguru import logger
 
 from supervisor.core.supervisor import RunnerSupervisor
-from supervisor.errors import RunnerFailedError
+from supervisor.errors import RunnerFailedError, SupervisorClosedError
 from supervisor.ops.phases import Phase, phase_of
 from supervisor.protocol import (
     READY_STATUSES,
@@ -155,8 +155,8 @@ class Incarnation:
         try:
             await sup.start_task(LoadModel(task_id=load_id))
             await sup.start_task(Warmup(task_id=warmup_id))
-        except RunnerFailedError:
-            return  # the failure comes through the event stream
+        except (RunnerFailedError, SupervisorClosedError):
+            return  # the failure (or the stop) comes through the event stream
 
     def startup_task_ended(self, event: TaskStatusUpdated, *, stopping: bool) -> None:
         """A start-up task that did not complete leaves a runner that will never be
