@@ -288,7 +288,7 @@ def test_help_documents_every_flag_exit_codes_and_examples(
     text = capsys.readouterr().out
     assert "exit codes:" in text
     assert "examples:" in text
-    for code in ("0 ", "1 ", "2 ", "3 ", "130", "141"):
+    for code in ("0 ", "1 ", "2 ", "3 ", "129", "141"):
         assert f"\n  {code}" in EPILOG
     flags = [_flag_for(f.name) for f in dataclasses.fields(SupervisorConfig)]
     flags += ["--no-probe", "--max-tokens", "--token-delay", "--load-time", "--warmup-time"]
