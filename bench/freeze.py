@@ -1,7 +1,7 @@
 """Freeze (SIGSTOP) and wedge (main loop blocked) detection against the configured bounds.
 
 - freeze: Ready runners SIGSTOPped at random moments; the heartbeat goes stale and
-  psutil confirms the stop. Bound: ``config.freeze_bound`` (+ one poll, DESIGN.md s.6).
+  psutil confirms the stop. Bound: ``config.freeze_bound`` (+ one poll).
 - wedge: the chaos HANG trigger blocks the runner's main loop after the first chunk
   while its heartbeat thread keeps beating; only the decode deadline can catch it.
   Latency runs from the host receiving that first chunk (the last progress tick) to

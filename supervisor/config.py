@@ -28,7 +28,7 @@ class RunnerSpec:
 
 @dataclass(frozen=True, slots=True)
 class SupervisorConfig:
-    """Every knob of one supervisor. Defaults follow DESIGN.md s.5.
+    """Every knob of one supervisor. Defaults are the bounds docs/operations.md explains.
 
     Times are seconds. The bounds that matter:
     death is event driven (sentinel + pipe EOF) with ``poll_interval`` as a backstop;

@@ -1,7 +1,7 @@
 """The wire protocol shared by the supervisor (parent) and the runner (child).
 
 Everything here is a frozen, slotted dataclass so it pickles small and cannot be
-mutated after it crossed the pipe. Names are the public contract (DESIGN.md s.2).
+mutated after it crossed the pipe. Names are the public contract.
 """
 
 from __future__ import annotations
