@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
+from supervisor.core.tasks import validate_task
 from supervisor.protocol import BaseTask, Embed, Generate, Probe
 
 #: Task kinds a stdin line may name. LoadModel and Warmup are the CLI's own job,
@@ -95,13 +96,13 @@ def parse_task(obj: Any, *, default_task_id: str, max_tokens: int) -> BaseTask:
         if name != "type":
             values[name] = _coerce(kind, name, hints[name], value)
     values.setdefault("task_id", default_task_id)
-    if not values["task_id"]:
-        raise ValueError("task_id must not be empty")
     if cls is Generate:
         values.setdefault("max_tokens", max_tokens)
-        if values["max_tokens"] < 0:
-            raise ValueError("Generate.max_tokens must be >= 0")
-    return cls(**values)
+    task = cls(**values)
+    # The supervisor's own check, run here too so that a bad line is an InputError
+    # naming its line; the prompt's size is bounded by the line length already.
+    validate_task(task, max_task_bytes=sys.maxsize)
+    return task
 
 
 def parse_line(text: str, *, line: int, max_tokens: int) -> BaseTask | InputError:
