@@ -10,14 +10,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import psutil
 
-from supervisor.core.procfs import ProcReader
-
 #: CPU seconds a stale runner must burn between two checks to count as busy.
 BUSY_CPU_EPSILON = 0.02
+
+
+class Readings(Protocol):
+    """What the monitors read of a runner (`ProcReader`, or `TreeReader` for a tree)."""
+
+    @property
+    def descendant_count(self) -> int: ...
+
+    def stat(self) -> tuple[str, float] | None: ...
+
+    def rss(self) -> int | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +46,11 @@ class ResourceSample:
     rss: int
     cpu_percent: float
     when: float
+    #: processes in the runner's tree besides the runner (counted in ``rss``)
+    descendants: int = 0
 
 
-def sample_process(proc: ProcReader) -> ProcessSample | None:
+def sample_process(proc: Readings) -> ProcessSample | None:
     """One cheap reading; ``None`` if the process is gone."""
     stat = proc.stat()
     if stat is None:
@@ -191,9 +202,9 @@ class ProgressMonitor:
 
 
 class ResourceMeter:
-    """RSS and CPU percent of a runner, from successive readings."""
+    """Memory (of the whole tree, with a `TreeReader`) and CPU percent of a runner."""
 
-    def __init__(self, proc: ProcReader) -> None:
+    def __init__(self, proc: Readings) -> None:
         self._proc = proc
         self._cpu: tuple[float, float] | None = None
 
@@ -207,4 +218,6 @@ class ResourceMeter:
         if self._cpu is not None and now > self._cpu[1]:
             pct = 100.0 * (stat[1] - self._cpu[0]) / (now - self._cpu[1])
         self._cpu = (stat[1], now)
-        return ResourceSample(rss=rss, cpu_percent=pct, when=now)
+        return ResourceSample(
+            rss=rss, cpu_percent=pct, when=now, descendants=self._proc.descendant_count
+        )

@@ -17,7 +17,9 @@ HEARTBEAT = 0  # bumped by the runner's heartbeat thread
 PROGRESS = 1  # bumped by the runner's main loop on every step
 EXTEND_UNTIL = 2  # CLOCK_MONOTONIC deadline an engine declared for a long step
 LAST_TICK = 3  # CLOCK_MONOTONIC time of the main loop's last progress tick
-_SLOTS = 4
+RUNNER_PID = 4  # the runner's pid, written once by the runner (under a keeper it is not
+# the process multiprocessing started); 0 until then
+_SLOTS = 5
 
 
 class SharedState:
@@ -44,6 +46,9 @@ class SharedState:
         array[PROGRESS] += 1.0
         array[LAST_TICK] = _monotonic()
 
+    def set_runner_pid(self, pid: int) -> None:
+        self._array[RUNNER_PID] = float(pid)
+
     def extend_deadline(self, seconds: float) -> None:
         """Declare that the current step may take up to ``seconds`` without progress."""
         self._array[EXTEND_UNTIL] = time.monotonic() + seconds
@@ -61,6 +66,11 @@ class SharedState:
     @property
     def extend_until(self) -> float:
         return float(self._array[EXTEND_UNTIL])
+
+    @property
+    def runner_pid(self) -> int:
+        """The runner's pid once it wrote it, else 0."""
+        return int(self._array[RUNNER_PID])
 
     @property
     def last_tick(self) -> float:
