@@ -164,7 +164,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "supervision", "how the runner is watched (defaults follow the design's bounds)"
     )
     for f, hint in _config_fields():
-        help_text = CONFIG_HELP.get(f.name)
+        help_text = CONFIG_HELP.get(f.name) or f.metadata.get("help")
         if help_text is None:
             raise RuntimeError(f"SupervisorConfig.{f.name} has no CLI help; add it to CONFIG_HELP")
         flag = _FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))

@@ -123,7 +123,7 @@ class WorkerRun:
             self.output.finished(EXIT_RUNNER_FAILED, None)
             return EXIT_RUNNER_FAILED
         self.sup = sup
-        self.output.started(sup.pid, sup.runner_id)
+        self.output.started(await sup.wait_runner_pid(), sup.runner_id)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._supervise, sup, send)
             tg.start_soon(self._consume, recv)

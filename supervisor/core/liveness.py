@@ -22,6 +22,9 @@ class Readings(Protocol):
     """What the monitors read of a runner (`ProcReader`, or `TreeReader` for a tree)."""
 
     @property
+    def pid(self) -> int: ...
+
+    @property
     def descendant_count(self) -> int: ...
 
     def stat(self) -> tuple[str, float] | None: ...
@@ -206,18 +209,19 @@ class ResourceMeter:
 
     def __init__(self, proc: Readings) -> None:
         self._proc = proc
-        self._cpu: tuple[float, float] | None = None
+        self._cpu: tuple[int, float, float] | None = None
 
     def sample(self) -> ResourceSample | None:
         stat = self._proc.stat()
+        pid = self._proc.pid  # after stat: a keeper's reader turns to the runner once
         rss = self._proc.rss()
         if stat is None or rss is None:
             return None
         now = time.monotonic()
         pct = 0.0
-        if self._cpu is not None and now > self._cpu[1]:
-            pct = 100.0 * (stat[1] - self._cpu[0]) / (now - self._cpu[1])
-        self._cpu = (stat[1], now)
+        if self._cpu is not None and self._cpu[0] == pid and now > self._cpu[2]:
+            pct = 100.0 * (stat[1] - self._cpu[1]) / (now - self._cpu[2])
+        self._cpu = (pid, stat[1], now)
         return ResourceSample(
             rss=rss, cpu_percent=pct, when=now, descendants=self._proc.descendant_count
         )
