@@ -285,6 +285,10 @@ class RunnerProcess:
     async def wait_exit(self, within: float) -> int | None:
         """Wait (without blocking the loop) up to ``within`` s for the exit code."""
         with anyio.move_on_after(within):
+            if self._process_fd is not None and self.exitcode is None:
+                # The exit itself, no polling; if someone else waits on it, poll instead.
+                with contextlib.suppress(anyio.BusyResourceError, anyio.ClosedResourceError):
+                    await anyio.wait_readable(self._process_fd)
             delay = 0.001
             while self.exitcode is None:
                 await anyio.sleep(delay)

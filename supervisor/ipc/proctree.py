@@ -22,13 +22,26 @@ def children(pid: int, proc: str = PROC) -> list[int]:
     except OSError:
         return out
     for tid in tids:
-        try:
-            with open(f"{proc}/{pid}/task/{tid}/children", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
+        data = _read(f"{proc}/{pid}/task/{tid}/children")
         out.extend(int(word) for word in data.split() if word.isdigit())
     return out
+
+
+def _read(path: str) -> bytes:
+    """The whole small file, or b"" (raw fds: the keeper walks with every syscall counted)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
 
 
 def descendants(pid: int, proc: str = PROC) -> list[int]:
@@ -50,10 +63,8 @@ def descendants(pid: int, proc: str = PROC) -> list[int]:
 
 def parent(pid: int, proc: str = PROC) -> int | None:
     """The parent's pid, or None once the process is gone."""
-    try:
-        with open(f"{proc}/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
+    data = _read(f"{proc}/{pid}/stat")
+    if b")" not in data:
         return None
     # "pid (comm) S ppid ...": comm may hold spaces and parentheses
     fields = data[data.rindex(b")") + 2 :].split()
@@ -62,8 +73,4 @@ def parent(pid: int, proc: str = PROC) -> int | None:
 
 def name(pid: int, proc: str = PROC) -> str:
     """The process's command name (``comm``), or ``?`` once it is gone."""
-    try:
-        with open(f"{proc}/{pid}/comm", "rb") as f:
-            return f.read().decode(errors="replace").strip() or "?"
-    except OSError:
-        return "?"
+    return _read(f"{proc}/{pid}/comm").decode(errors="replace").strip() or "?"
