@@ -42,8 +42,9 @@ if TYPE_CHECKING:
 FORWARDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
 #: The keeper's own PDEATHSIG: catchable, so it can clean up before it goes.
 HOST_GONE_SIGNAL = signal.SIGHUP
-#: How often the keeper looks at its parent even without a wake-up (old kernels).
-_IDLE_CHECK_MS = 2000
+#: Without a pidfd on the host (Linux < 5.3), how often the keeper looks at its parent
+#: besides PDEATHSIG; with one, an idle keeper never wakes.
+_PARENT_CHECK_MS = 2000
 
 
 def split(args: BootstrapArgs) -> None:
@@ -128,10 +129,11 @@ def _keep(runner: int, wake_r: int, wake_w: int, host_fd: int | None) -> NoRetur
     poller.register(wake_r, select.POLLIN)
     if host_fd is not None:
         poller.register(host_fd, select.POLLIN)
+    timeout = None if host_fd is not None else _PARENT_CHECK_MS
     status: int | None = None
     host_gone = False
     while status is None and not host_gone:
-        ready = {fd for fd, _ in poller.poll(_IDLE_CHECK_MS)}
+        ready = {fd for fd, _ in poller.poll(timeout)}
         signals = _drain(wake_r)
         host_gone = host_fd in ready or os.getppid() != parent
         for sig in signals:
