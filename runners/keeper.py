@@ -117,7 +117,7 @@ def _detach(keep: set[int]) -> None:
     for fd in sorted(keep):
         os.closerange(low, fd)
         low = fd + 1
-    os.closerange(low, 1 << 20)
+    os.closerange(low, resource.getrlimit(resource.RLIMIT_NOFILE)[1])  # close_range(2): cheap
 
 
 def _keep(runner: int, wake_r: int, wake_w: int, host_fd: int | None) -> NoReturn:

@@ -181,6 +181,9 @@ async def test_a_small_tree_under_the_limit_lives(tmp_path: Path) -> None:
             await anyio.sleep(1.5)  # several polls
             sample = r.sup.resources
             rss_sum = sum(psutil.Process(p).memory_info().rss for p in [r.sup.pid, *tree])
+            # what the coordinator lists in RunnerFailed diagnostics before a kill
+            listed = r.sup._proc.descendants()
+            tree_memory = r.sup._proc.tree_memory()
         finally:
             r.sup.shutdown()
             await r.finished()
@@ -188,6 +191,10 @@ async def test_a_small_tree_under_the_limit_lives(tmp_path: Path) -> None:
     assert r.rec.failures() == []
     assert sample is not None
     assert sample.descendants >= 3
+    assert {pid for pid, _ in listed} >= set(tree)
+    assert [n for pid, n in listed if pid in tree].count("sleep") == 2
+    assert tree_memory is not None
+    assert tree_memory[1] == len(listed)
     assert 100 * MIB < sample.rss < 350 * MIB
     # the fork child's copy-on-write pages are the runner's: counted once
     assert sample.rss < rss_sum
