@@ -184,7 +184,7 @@ class RestartingSupervisor:
     def spare_pid(self) -> int | None:
         """The pre-started spare runner's pid (``policy.prespawn``), if one is waiting."""
         spare = self._spare
-        return None if spare is None or spare.done.is_set() else spare.sup.pid
+        return None if spare is None or spare.done.is_set() else spare.sup.runner_pid
 
     @property
     def pid(self) -> int | None:
@@ -480,19 +480,15 @@ class RestartingSupervisor:
         sup = inc.sup = launched.sup
         if self._stopping:
             sup.shutdown()
-        pidfd = _open_pidfd(sup.pid)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._pump, inc, launched.recv)
                 async with anyio.create_task_group() as side:
-                    if pidfd is not None:
-                        side.start_soon(self._watch_exit, inc, pidfd)
+                    side.start_soon(self._watch_exit, inc, sup)
                     side.start_soon(self._drive_startup, inc, sup)
                     await launched.done.wait()
                     side.cancel_scope.cancel()
         finally:
-            if pidfd is not None:
-                os.close(pidfd)
             inc.settled.set()
             self._notify()
 
@@ -563,9 +559,16 @@ class RestartingSupervisor:
                         await anyio.sleep(1.0)
                 await self._wait_changed()
 
-    async def _watch_exit(self, inc: _Incarnation, pidfd: int) -> None:
-        await anyio.wait_readable(pidfd)
-        inc.exited_at = time.monotonic()
+    async def _watch_exit(self, inc: _Incarnation, sup: RunnerSupervisor) -> None:
+        # The runner's own exit, not its keeper's (which outlives it by its cleanup).
+        pidfd = _open_pidfd(await sup.wait_runner_pid())
+        if pidfd is None:
+            return
+        try:
+            await anyio.wait_readable(pidfd)
+            inc.exited_at = time.monotonic()
+        finally:
+            os.close(pidfd)
 
     async def _drive_startup(self, inc: _Incarnation, sup: RunnerSupervisor) -> None:
         load_id, warmup_id = inc.startup_ids

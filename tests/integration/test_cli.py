@@ -72,6 +72,8 @@ def _other_value(f: dataclasses.Field[Any]) -> tuple[list[str], Any]:
         return [flag], not default
     if f.name == "start_method":
         return [flag, "forkserver"], "forkserver"
+    if f.name == "containment":
+        return [flag, "group"], "group"
     if f.name == "memory_limit":
         return [flag, "2G"], 2 * 2**30
     if f.name == "heartbeat_interval":
@@ -86,7 +88,7 @@ def _other_value(f: dataclasses.Field[Any]) -> tuple[list[str], Any]:
 
 @pytest.mark.parametrize("f", dataclasses.fields(SupervisorConfig), ids=lambda f: f.name)
 def test_every_config_field_has_a_documented_flag_that_sets_it(f: dataclasses.Field[Any]) -> None:
-    assert CONFIG_HELP.get(f.name), f"no help for {f.name}"
+    assert CONFIG_HELP.get(f.name) or f.metadata.get("help"), f"no help for {f.name}"
     argv, value = _other_value(f)
     config = config_from_args(parse(*argv))
     assert getattr(config, f.name) == value
