@@ -1,4 +1,4 @@
-"""Starting, signalling and reaping one runner process (and its process group)."""
+"""Starting, signalling and reaping one runner process, and the tree it starts."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class RunnerProcess:
 
     Under a keeper (see `runners.keeper`) the process multiprocessing started is the
     keeper and the runner is its child: ``pid`` is the runner's as soon as it has
-    reported it (a few ms into its start-up), the keeper's before. ``exitcode`` is the
+    reported it (first thing in its bootstrap), the keeper's before. ``exitcode`` is the
     keeper's, which exits as the runner did once the runner's tree is gone.
     """
 
