@@ -32,6 +32,7 @@ BENCHMARKS = (
     "scale",
     "streaming",
     "memory",
+    "containment",
     "embeddings",
 )
 

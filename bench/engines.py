@@ -3,8 +3,10 @@ baselines' child loops: both must import as fast as a runner does."""
 
 from __future__ import annotations
 
+import multiprocessing
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -76,3 +78,39 @@ def pipe_streamer(events: Connection, go: Any, task_id: str, count: int, period:
         pass
     finally:
         events.close()
+
+
+def _sleep_forever() -> None:
+    time.sleep(3600)
+
+
+class ForkChildEngine(EchoEngine):
+    """Load starts a fork-started multiprocessing child, as a tokenizer pool does: it
+    inherits every fd of the runner (its pipes, multiprocessing's sentinel), so
+    neither pipe EOF nor the sentinel tells the host that the runner died. With
+    ``daemon``, also ``sh -c 'setsid sleep 3600 &'``, which leaves the process group.
+    ``pid_file`` receives the children's pids, one per line."""
+
+    name = "fork-child"
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self.daemon = bool(options.get("daemon", False))
+        self.pid_file = options.get("pid_file")
+        super().__init__({})
+
+    def load(self, ctx: EngineContext) -> None:
+        child = multiprocessing.get_context("fork").Process(target=_sleep_forever)
+        child.start()
+        pids = [child.pid]
+        if self.daemon:
+            out = subprocess.run(
+                ["sh", "-c", "setsid sleep 3600 >/dev/null 2>&1 & echo $!"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                check=True,
+            )
+            pids.append(int(out.stdout))
+        if self.pid_file:
+            with open(self.pid_file, "w") as f:
+                f.write("".join(f"{p}\n" for p in pids))
+        self._child = child

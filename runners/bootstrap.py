@@ -52,7 +52,15 @@ def _setup_logging(runner_id: str) -> None:
 
 
 def main(args: BootstrapArgs) -> None:
-    # Heartbeat first: everything after this (engine imports, weights) may be slow.
+    if args.keeper:
+        # First, while single-threaded: this process stays behind as the keeper of
+        # the runner's tree; only the runner returns from here.
+        from runners.keeper import split
+
+        split(args)
+    else:
+        args.shared.set_runner_pid(os.getpid())
+    # Heartbeat next: everything after this (engine imports, weights) may be slow.
     from runners.heartbeat import Heartbeat, die_with_parent
 
     heartbeat = Heartbeat(args.shared, args.heartbeat_interval)

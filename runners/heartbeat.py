@@ -11,16 +11,24 @@ import threading
 
 from supervisor.ipc.shared import SharedState
 
-_PR_SET_PDEATHSIG = 1
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 
 
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL us when the process that started us dies."""
+def prctl(option: int, arg: int) -> bool:
+    """``prctl(option, arg)`` on Linux; False where it failed or does not exist."""
     if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
+        return False
+    try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        return bool(libc.prctl(option, arg, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def die_with_parent(signum: int = signal.SIGKILL) -> None:
+    """Ask Linux to send us ``signum`` when the thread that started us dies."""
+    prctl(PR_SET_PDEATHSIG, signum)
 
 
 class Heartbeat(threading.Thread):
@@ -37,12 +45,14 @@ class Heartbeat(threading.Thread):
         super().__init__(name="runner-heartbeat", daemon=True)
         self._shared = shared
         self._interval = interval
-        self._stop = threading.Event()
+        # Not ``_stop``: that would shadow the Thread method that threading's after-fork
+        # hook calls in a forked child ("TypeError: 'Event' object is not callable").
+        self._halt = threading.Event()
         self._parent = os.getppid()
 
     def run(self) -> None:
         shared = self._shared
-        while not self._stop.wait(self._interval):
+        while not self._halt.wait(self._interval):
             shared.beat()
             if os.getppid() != self._parent:
                 with contextlib.suppress(OSError):
@@ -50,4 +60,4 @@ class Heartbeat(threading.Thread):
                 os._exit(70)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()

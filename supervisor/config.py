@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 StartMethod = Literal["spawn", "forkserver"]
+ContainmentMode = Literal["auto", "cgroup", "keeper", "group"]
+CONTAINMENT_MODES: tuple[str, ...] = get_args(ContainmentMode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,16 @@ class SupervisorConfig:
             "DIE/FAIL/SEGFAULT/FREEZE/HANG/OOM makes the runner misbehave, and "
             "EXO_RUNNER_MUST_DIE=N in its environment kills it after N tokens. "
             "Off by default, when triggers are plain text"
+        },
+    )
+    containment: ContainmentMode = field(
+        default="auto",
+        metadata={
+            "help": "what holds the runner's process tree, so that nothing it started "
+            "outlives it: 'cgroup' (a cgroup per runner; needs a delegated cgroup v2 "
+            "subtree), 'keeper' (a subreaper process above the runner; Linux), 'group' "
+            "(the process group only, which setsid escapes), or 'auto' (the first of "
+            "these that this host allows)"
         },
     )
 
@@ -205,6 +217,11 @@ class SupervisorConfig:
             )
         if self.memory_limit is not None and self.memory_limit <= 0:
             raise ValueError("SupervisorConfig.memory_limit must be > 0 bytes or None")
+        if self.containment not in CONTAINMENT_MODES:
+            raise ValueError(
+                f"SupervisorConfig.containment must be one of {', '.join(CONTAINMENT_MODES)}, "
+                f"got {self.containment!r}"
+            )
         if self.start_method not in ("spawn", "forkserver"):
             raise ValueError(
                 f"start_method must be 'spawn' or 'forkserver' (never plain fork), "

@@ -209,7 +209,9 @@ class WorkerRun:
         if self._announce_next and current is not None and current is not self._announced:
             self._announce_next = False
             self._announced = current
-            self.output.started(current.pid, self.rsup.runner_id)
+            # The runner wrote its own pid before its first event (under a keeper
+            # ``pid`` may still be the keeper's when nothing was read yet).
+            self.output.started(current.runner_pid or current.pid, self.rsup.runner_id)
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:

@@ -10,14 +10,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import psutil
 
-from supervisor.core.procfs import ProcReader
-
 #: CPU seconds a stale runner must burn between two checks to count as busy.
 BUSY_CPU_EPSILON = 0.02
+
+
+class Readings(Protocol):
+    """What the monitors read of a runner (`ProcReader`, or `TreeReader` for a tree)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def descendant_count(self) -> int: ...
+
+    def stat(self) -> tuple[str, float] | None: ...
+
+    def rss(self) -> int | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +49,11 @@ class ResourceSample:
     rss: int
     cpu_percent: float
     when: float
+    #: processes in the runner's tree besides the runner (counted in ``rss``)
+    descendants: int = 0
 
 
-def sample_process(proc: ProcReader) -> ProcessSample | None:
+def sample_process(proc: Readings) -> ProcessSample | None:
     """One cheap reading; ``None`` if the process is gone."""
     stat = proc.stat()
     if stat is None:
@@ -206,20 +220,23 @@ class ProgressMonitor:
 
 
 class ResourceMeter:
-    """RSS and CPU percent of a runner, from successive readings."""
+    """Memory (of the whole tree, with a `TreeReader`) and CPU percent of a runner."""
 
-    def __init__(self, proc: ProcReader) -> None:
+    def __init__(self, proc: Readings) -> None:
         self._proc = proc
-        self._cpu: tuple[float, float] | None = None
+        self._cpu: tuple[int, float, float] | None = None
 
     def sample(self) -> ResourceSample | None:
         stat = self._proc.stat()
+        pid = self._proc.pid  # after stat: a keeper's reader turns to the runner once
         rss = self._proc.rss()
         if stat is None or rss is None:
             return None
         now = time.monotonic()
         pct = 0.0
-        if self._cpu is not None and now > self._cpu[1]:
-            pct = 100.0 * (stat[1] - self._cpu[0]) / (now - self._cpu[1])
-        self._cpu = (stat[1], now)
-        return ResourceSample(rss=rss, cpu_percent=pct, when=now)
+        if self._cpu is not None and self._cpu[0] == pid and now > self._cpu[2]:
+            pct = 100.0 * (stat[1] - self._cpu[1]) / (now - self._cpu[2])
+        self._cpu = (pid, stat[1], now)
+        return ResourceSample(
+            rss=rss, cpu_percent=pct, when=now, descendants=self._proc.descendant_count
+        )

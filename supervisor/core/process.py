@@ -1,4 +1,4 @@
-"""Starting, signalling and reaping one runner process (and its process group)."""
+"""Starting, signalling and reaping one runner process, and the tree it starts."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ from multiprocessing.process import BaseProcess
 import anyio
 
 from supervisor.config import RunnerSpec, SupervisorConfig
+from supervisor.core.cgroups import RunnerCgroup
 from supervisor.core.channel import ChannelReader, ChannelWriter
+from supervisor.core.containment import Layer, choose, remove_later, runner_cgroup
 from supervisor.core.diagnostics import OutputCapture
-from supervisor.core.procfs import ProcReader
+from supervisor.core.treemem import TreeReader
+from supervisor.ipc import proctree
 from supervisor.ipc.shared import SharedState
 from supervisor.ipc.spawn_args import BootstrapArgs
 
@@ -38,7 +41,13 @@ def describe_exit(exitcode: int) -> str:
 
 
 class RunnerProcess:
-    """One spawned runner with the parent's ends of its three pipes."""
+    """One spawned runner, the parent's ends of its three pipes, and its containment.
+
+    Under a keeper (see `runners.keeper`) the process multiprocessing started is the
+    keeper and the runner is its child: ``pid`` is the runner's as soon as it has
+    reported it (first thing in its bootstrap), the keeper's before. ``exitcode`` is the
+    keeper's, which exits as the runner did once the runner's tree is gone.
+    """
 
     def __init__(
         self,
@@ -47,23 +56,42 @@ class RunnerProcess:
         tasks: ChannelWriter,
         output: OutputCapture,
         shared: SharedState,
+        *,
+        containment: Layer = "group",
+        cgroup: RunnerCgroup | None = None,
     ) -> None:
         self.process = process
         self.events = events
         self.tasks = tasks
         self.output = output
         self.shared = shared
+        #: the layer holding the runner's tree (for logs and the health snapshot)
+        self.containment: Layer = containment
+        self.cgroup = cgroup
         pid = process.pid
         assert pid is not None
-        self.pid: int = pid
-        self.sentinel: int = process.sentinel
-        self.reader = ProcReader(pid)
+        self.process_pid: int = pid
+        self._process_fd = _pidfd_open(pid)
+        #: readable once the started process exited (a pidfd where the kernel has them:
+        #: whoever else holds multiprocessing's sentinel pipe cannot delay it)
+        self.sentinel: int = self._process_fd if self._process_fd is not None else process.sentinel
+        self._runner_pid: int | None = None
+        self._runner_fd: int | None = None
+        if containment == "group":
+            self._runner_pid, self._runner_fd = pid, self._process_fd
+        self.closed = False
+        self.reader = TreeReader(
+            lambda: self.pid, self._others, cgroup.memory if cgroup is not None else None
+        )
         _live.add(self)
 
     @classmethod
     def spawn(cls, spec: RunnerSpec, config: SupervisorConfig, runner_id: str) -> RunnerProcess:
         from runners.bootstrap import main as runner_main
 
+        choice = choose(config.containment)
+        cgroup = runner_cgroup(choice, config.containment, runner_id)
+        layer: Layer = choice.layer if choice.layer != "cgroup" or cgroup else "keeper"
         ctx = multiprocessing.get_context(config.start_method)
         task_r, task_w = os.pipe()
         event_r, event_w = os.pipe()
@@ -84,6 +112,9 @@ class RunnerProcess:
             shared=SharedState.create(ctx),
             chaos=config.chaos,
             heartbeat_interval=config.heartbeat_interval,
+            keeper=layer != "group",
+            cgroup=str(cgroup.path) if cgroup is not None else None,
+            host_pid=os.getpid(),
         )
         process = ctx.Process(  # type: ignore[attr-defined]
             target=runner_main, args=(args,), name=f"runner-{runner_id}"
@@ -93,11 +124,15 @@ class RunnerProcess:
         except BaseException:
             for fd in (task_w, event_r, out_r):
                 os.close(fd)
+            if cgroup is not None:
+                cgroup.remove()
             raise
         finally:
             # Closing our copies of the child's ends is what turns its death into EOF.
             for conn in child_ends:
                 conn.close()
+        if cgroup is not None:
+            cgroup.add(process.pid)  # the child joins by itself too; whichever is first
         return cls(
             process,
             ChannelReader(event_r),
@@ -109,22 +144,132 @@ class RunnerProcess:
                 forward=config.forward_output,
             ),
             args.shared,
+            containment=layer,
+            cgroup=cgroup,
         )
+
+    # ------------------------------------------------------------ the runner
+    @property
+    def pid(self) -> int:
+        """The runner's pid; the keeper's until the runner has reported its own."""
+        return self.runner_pid or self.process_pid
+
+    @property
+    def runner_pid(self) -> int | None:
+        """The runner's pid, None until it has reported it (keeper layers only)."""
+        if self._runner_pid is None:
+            self._resolve_runner()
+        return self._runner_pid
+
+    def _resolve_runner(self) -> None:
+        pid = self.shared.runner_pid
+        if not pid:
+            return
+        if pid == self.process_pid:  # no keeper after all (the split was refused)
+            self._runner_pid, self._runner_fd = pid, self._process_fd
+            return
+        fd = _pidfd_open(pid)
+        # A runner that died and was reaped at once may have left its pid to a
+        # stranger: it is ours only while its parent is our keeper.
+        if fd is not None and proctree.parent(pid) != self.process_pid:
+            os.close(fd)
+            fd = None
+        self._runner_pid, self._runner_fd = pid, fd
+
+    async def wait_runner_pid(self, within: float = 60.0) -> int | None:
+        """Wait (without blocking the loop) until the runner reported its pid.
+
+        None if it did not within ``within`` s, or the keeper exited first.
+        """
+        with anyio.move_on_after(within):
+            delay = 0.002
+            while self.runner_pid is None and not self.closed and self.exitcode is None:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        return self.runner_pid
+
+    @property
+    def exit_fd(self) -> int:
+        """Readable once the runner died: its pidfd once known, else ``sentinel``."""
+        if self.runner_pid is not None and self._runner_fd is not None:
+            return self._runner_fd
+        return self.sentinel
+
+    async def watch_exit(self) -> None:
+        """Return as soon as the runner is dead, whatever fds its children hold.
+
+        Waits on the keeper's exit until the runner reported its pid, then on the
+        runner's pidfd. The one waiter on these fds: use it instead of ``sentinel``.
+        """
+        delay = 0.002
+        while self.runner_pid is None:
+            with anyio.move_on_after(delay):
+                await anyio.wait_readable(self.sentinel)
+                return  # the keeper died before the runner reported: all of it is gone
+            delay = min(delay * 2, 0.05)
+        if self._runner_fd is not None:
+            await anyio.wait_readable(self._runner_fd)
+        elif self._process_fd is None:
+            await anyio.wait_readable(self.sentinel)  # no pidfds (Linux < 5.3)
+        # else the runner's pidfd was refused: it is gone already
+
+    def _root(self) -> int | None:
+        """Where the tree walk starts: keeper or runner, while its pid is still ours."""
+        if self.closed or self.exitcode is not None:
+            return None  # reaped: its pid may name a stranger now
+        return self.process_pid
+
+    def _others(self) -> list[int]:
+        """The tree's live processes other than keeper and runner."""
+        skip = {self.process_pid, self._runner_pid}
+        if self.cgroup is not None:
+            return [p for p in self.cgroup.pids() if p not in skip]
+        root = self._root()
+        return [] if root is None else [p for p in proctree.descendants(root) if p not in skip]
+
+    def descendants(self) -> list[tuple[int, str]]:
+        """(pid, name) of what the runner started that still lives: for diagnostics,
+        taken just before a kill."""
+        return [(pid, proctree.name(pid)) for pid in self._others()]
+
+    def tree_memory(self) -> tuple[int, int] | None:
+        """(bytes, other processes) of the runner's tree, as ``memory_limit`` sees it."""
+        total = self.reader.rss()
+        return None if total is None else (total, self.reader.descendant_count)
 
     # ------------------------------------------------------------ signalling
     def signal_group(self, signum: int) -> None:
         """Signal the runner's whole process group (it leads its own)."""
+        runner = self.runner_pid
+        if runner is None:
+            # Not reported yet: the keeper forwards SIGTERM and the like; its death
+            # (SIGKILL) takes the runner down with it through PDEATHSIG.
+            if self.process.exitcode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(self.process_pid, signum)
+            return
         # Also after the leader was reaped: while any member lives, the kernel keeps
         # the leader's pid reserved as the group id, so this cannot hit a stranger.
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signum)
+            os.killpg(runner, signum)
         # The runner may not have called setpgid yet, or may have left the group.
-        if self.process.exitcode is None:
+        # A pidfd cannot name a stranger; without one, only an unreaped child is safe.
+        if self._runner_fd is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(self.pid, signum)
+                signal.pidfd_send_signal(self._runner_fd, signum)
+        elif runner == self.process_pid and self.process.exitcode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(runner, signum)
 
     def kill_group(self) -> None:
+        """SIGKILL the runner, its group, and every process of its tree."""
+        others = self._others()
         self.signal_group(signal.SIGKILL)
+        if self.cgroup is not None:
+            self.cgroup.kill()
+        for pid in others:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
     # --------------------------------------------------------------- reaping
     @property
@@ -138,6 +283,10 @@ class RunnerProcess:
     async def wait_exit(self, within: float) -> int | None:
         """Wait (without blocking the loop) up to ``within`` s for the exit code."""
         with anyio.move_on_after(within):
+            if self._process_fd is not None and self.exitcode is None:
+                # The exit itself, no polling; if someone else waits on it, poll instead.
+                with contextlib.suppress(anyio.BusyResourceError, anyio.ClosedResourceError):
+                    await anyio.wait_readable(self._process_fd)
             delay = 0.001
             while self.exitcode is None:
                 await anyio.sleep(delay)
@@ -164,10 +313,27 @@ class RunnerProcess:
         self.tasks.close()
         self.output.close()
         self.reader.close()
+        for fd in {self._runner_fd, self._process_fd} - {None}:
+            assert fd is not None
+            anyio_notify_closing(fd)
+            os.close(fd)
+        self._runner_fd = self._process_fd = None
         if self.exitcode is not None:
-            anyio_notify_closing(self.sentinel)
+            if self.sentinel == self.process.sentinel:
+                anyio_notify_closing(self.sentinel)
             self.process.close()
+        if self.cgroup is not None:
+            remove_later(self.cgroup)
+        self.closed = True
         _live.discard(self)
+
+
+def _pidfd_open(pid: int) -> int | None:
+    """A pidfd (Linux >= 5.3): readable at exit, immune to pid reuse. None elsewhere."""
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return None
 
 
 def anyio_notify_closing(fd: int) -> None:

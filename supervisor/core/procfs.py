@@ -29,6 +29,9 @@ _STATES = {
 class ProcReader:
     """``status``, CPU seconds and RSS of one process; ``None`` once it is gone."""
 
+    #: one process's reader does not look below it
+    descendant_count = 0
+
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self._stat: int | None = None
@@ -90,3 +93,24 @@ class ProcReader:
             if fd is not None:
                 os.close(fd)
         self._stat = self._statm = None
+
+
+def uss(pid: int, proc: str = "/proc") -> int | None:
+    """Unique set size in bytes: the pages no other process maps (its private pages).
+
+    What a fork child adds to its parent's memory: the pages it shares copy-on-write
+    with the runner are the runner's, already in the runner's RSS. The kernel walks
+    the child's page tables for it (Linux >= 4.14): far dearer than ``statm``.
+    """
+    try:
+        with open(f"{proc}/{pid}/smaps_rollup", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    total = 0
+    found = False
+    for line in data.splitlines():
+        if line.startswith((b"Private_Clean:", b"Private_Dirty:")):
+            total += int(line.split()[1]) * 1024
+            found = True
+    return total if found else None

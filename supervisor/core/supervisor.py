@@ -111,6 +111,21 @@ class RunnerSupervisor:
     def pid(self) -> int:
         return self._proc.pid
 
+    # -- containment (keeper): ``pid`` is the keeper's until the runner reports its own
+    @property
+    def runner_pid(self) -> int | None:
+        """The runner's own pid; None until it has reported it."""
+        return self._proc.runner_pid
+
+    async def wait_runner_pid(self, within: float = 60.0) -> int:
+        """The runner's own pid, once it reported it (``pid`` as a fallback)."""
+        return await self._proc.wait_runner_pid(within) or self._proc.pid
+
+    @property
+    def containment(self) -> str:
+        """What holds the runner's process tree: ``cgroup``, ``keeper`` or ``group``."""
+        return self._proc.containment
+
     @property
     def status(self) -> BaseRunnerStatus:
         return self._relay.status

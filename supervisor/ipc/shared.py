@@ -17,7 +17,9 @@ _monotonic = time.monotonic
 HEARTBEAT = 0  # bumped by the runner's heartbeat thread
 EXTEND_UNTIL = 1  # CLOCK_MONOTONIC deadline an engine declared for a long step
 LAST_TICK = 2  # CLOCK_MONOTONIC time of the main loop's last progress tick
-_SLOTS = 3
+RUNNER_PID = 3  # the runner's pid, written once by the runner (under a keeper it is not
+# the process multiprocessing started); 0 until then
+_SLOTS = 4
 
 
 class SharedState:
@@ -43,6 +45,9 @@ class SharedState:
         """The main loop made progress (stamped, so the supervisor knows *when*)."""
         self._array[LAST_TICK] = _monotonic()
 
+    def set_runner_pid(self, pid: int) -> None:
+        self._array[RUNNER_PID] = float(pid)
+
     def extend_deadline(self, seconds: float) -> None:
         """Declare that the current step may take up to ``seconds`` without progress."""
         self._array[EXTEND_UNTIL] = time.monotonic() + seconds
@@ -56,6 +61,11 @@ class SharedState:
     @property
     def extend_until(self) -> float:
         return float(self._array[EXTEND_UNTIL])
+
+    @property
+    def runner_pid(self) -> int:
+        """The runner's pid once it wrote it, else 0."""
+        return int(self._array[RUNNER_PID])
 
     @property
     def last_tick(self) -> float:

@@ -25,3 +25,9 @@ class BootstrapArgs:
     shared: SharedState
     chaos: bool
     heartbeat_interval: float
+    #: start a keeper process above the runner (see runners.keeper)
+    keeper: bool = False
+    #: cgroup directory the runner's tree must live in, if the cgroup layer is active
+    cgroup: str | None = None
+    #: the host's pid, so the keeper can tell whether the host is already gone
+    host_pid: int = 0

@@ -31,16 +31,20 @@ def _open_pidfd(pid: int) -> int | None:
 
 
 class ExitClock:
-    """Records when one process exits (no clock where pidfds are missing)."""
+    """Records when one runner exits (no clock where pidfds are missing)."""
 
     __slots__ = ("_fd", "exited_at")
 
-    def __init__(self, pid: int) -> None:
-        self._fd = _open_pidfd(pid)
+    def __init__(self) -> None:
+        self._fd: int | None = None
         self.exited_at: float | None = None
 
-    async def watch(self) -> None:
-        """Wait for the exit and note its time (returns at once without a pidfd)."""
+    async def watch(self, sup: RunnerSupervisor) -> None:
+        """Wait for the runner's exit and note its time (returns at once without a pidfd).
+
+        The runner's own pid, not its keeper's: the keeper outlives the runner by
+        the tree's clean-up, too close to the report to time anything."""
+        self._fd = _open_pidfd(await sup.wait_runner_pid())
         if self._fd is not None:
             await anyio.wait_readable(self._fd)
             self.exited_at = time.monotonic()

@@ -130,12 +130,12 @@ class Incarnation:
         """Drive the adopted runner to Ready and watch it until it is reaped; every
         event it emits goes to ``on_event``, in order."""
         sup = self.sup = launched.sup
-        clock = self._clock = ExitClock(sup.pid)
+        clock = self._clock = ExitClock()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._pump, launched, on_event)
                 async with anyio.create_task_group() as side:
-                    side.start_soon(clock.watch)
+                    side.start_soon(clock.watch, sup)
                     side.start_soon(self._drive_startup, sup)
                     await launched.done.wait()
                     side.cancel_scope.cancel()

@@ -55,7 +55,7 @@ class Launcher:
     @property
     def spare_pid(self) -> int | None:
         spare = self._spare
-        return None if spare is None or spare.done.is_set() else spare.sup.pid
+        return None if spare is None or spare.done.is_set() else spare.sup.runner_pid
 
     @asynccontextmanager
     async def open(self, spare_wanted: Callable[[], bool] | None) -> AsyncIterator[None]:

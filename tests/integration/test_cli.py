@@ -74,6 +74,8 @@ def _other_value(f: dataclasses.Field[Any]) -> tuple[list[str], Any]:
         return [flag], not default
     if f.name == "start_method":
         return [flag, "forkserver"], "forkserver"
+    if f.name == "containment":
+        return [flag, "group"], "group"
     if f.name == "memory_limit":
         return [flag, "2G"], 2 * 2**30
     if f.name == "heartbeat_interval":

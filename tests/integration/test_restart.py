@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -295,11 +296,18 @@ async def test_clean_exit_restarts_only_in_always_mode(mode: str, restarted: boo
     assert len(r.rec.of(RunnerRestarting)) == (1 if restarted else 0)
 
 
+async def _poll(pred: Callable[[], bool], within: float) -> None:
+    with anyio.fail_after(within):
+        while not pred():  # noqa: ASYNC110 - nothing signals a spare runner's pid
+            await anyio.sleep(0.02)
+
+
 async def test_prespawned_spare_takes_over_after_a_kill() -> None:
     policy = RestartPolicy(backoff_base=0.0, prespawn=True)
     async with restarting(policy=policy) as r:
         await r.ready()
-        await r.rec.wait_for(lambda: r.sup.spare_pid is not None, within=30)
+        # the spare's own pid is known once its runner reported it: no event says so
+        await _poll(lambda: r.sup.spare_pid is not None, within=30)
         spare = r.sup.spare_pid
         await anyio.sleep(0.5)  # let the spare finish its own start-up
         killed_at = time.monotonic()
@@ -309,7 +317,7 @@ async def test_prespawned_spare_takes_over_after_a_kill() -> None:
         assert r.sup.pid == spare  # the spare became the new incarnation
         assert r.sup.incarnation == 2
         # ... and a new spare is started for the next time.
-        await r.rec.wait_for(lambda: r.sup.spare_pid not in (None, spare), within=30)
+        await _poll(lambda: r.sup.spare_pid not in (None, spare), within=30)
         await r.sup.start_task(Generate(task_id="g", prompt="spare works", max_tokens=2))
         await r.rec.wait_for(lambda: r.rec.terminal("g") == [TaskStatus.Complete])
     print(f"SIGKILL -> spare Ready in {mttr * 1000:.0f} ms")
