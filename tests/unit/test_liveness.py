@@ -227,6 +227,9 @@ def test_progress_either_stalled_past_due_or_time_left(
 class FakeReader:
     """Scripted /proc readings: CPU seconds and RSS per call; None once gone."""
 
+    pid = 4242
+    descendant_count = 0
+
     def __init__(self, readings: list[tuple[str, float, int] | None]) -> None:
         self.readings = readings
 
