@@ -99,6 +99,9 @@ _NON_POSITIVE = re.compile(r"^\s*(?:-|0+(?:\.0*)?\s*[A-Za-z])")
 @functools.lru_cache(maxsize=64)
 def check_file_options(rotation: str | None, compression: str | None) -> None:
     """`ValueError` unless loguru accepts ``rotation`` and ``compression``."""
+    for name, value in (("rotation", rotation), ("compression", compression)):
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"log {name} must be a string, got {type(value).__name__}")
     if rotation is not None and _NON_POSITIVE.match(rotation):
         raise ValueError(f"log rotation must be positive, got {rotation!r}")
     try:
@@ -106,9 +109,9 @@ def check_file_options(rotation: str | None, compression: str | None) -> None:
         probe.remove(probe.add(os.devnull, rotation=rotation, compression=compression, delay=True))
     except (ValueError, TypeError) as exc:
         raise ValueError(
-            f"log rotation {rotation!r} / compression {compression!r} not accepted: {exc} "
-            "(rotation: a size like '50 MB', an interval like '1 day', a time like '00:00'; "
-            "compression: gz, bz2, xz, zip, tar.gz, ...)"
+            f"{exc} (log rotation: a size like '50 MB', an "
+            "interval like '1 day' or a time like '00:00'; log compression: gz, bz2, xz, zip, "
+            "tar.gz, ...)"
         ) from None
 
 
