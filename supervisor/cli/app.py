@@ -164,10 +164,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "supervision", "how the runner is watched (defaults follow the design's bounds)"
     )
     for f, hint in _config_fields():
-        help_text = CONFIG_HELP.get(f.name)
+        # Help, flag name and action may live in the field's metadata.
+        help_text = CONFIG_HELP.get(f.name) or f.metadata.get("help")
         if help_text is None:
             raise RuntimeError(f"SupervisorConfig.{f.name} has no CLI help; add it to CONFIG_HELP")
-        flag = _FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
+        flag = f.metadata.get("flag") or _FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
         dest = _CONFIG_DEST + f.name
         default = f.default
         kwargs: dict[str, Any] = {"dest": dest, "default": None}
@@ -182,15 +183,25 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                 flag, type=parse_size, metavar="SIZE", help=help_text + " (default: none)", **kwargs
             )
             continue
+        if f.metadata.get("action") == "append":
+            group.add_argument(
+                flag, action="append", metavar=f.metadata.get("metavar"), help=help_text, **kwargs
+            )
+            continue
         if typing.get_origin(hint) is typing.Literal:
             kwargs["choices"] = typing.get_args(hint)
         elif hint is float:
             kwargs["type"], kwargs["metavar"] = _seconds, "SECONDS"
         elif hint is int:
             kwargs["type"], kwargs["metavar"] = _count, "N"
+        elif hint in (str, str | None):
+            kwargs["metavar"] = f.metadata.get("metavar", "TEXT")
         else:
             raise RuntimeError(f"no CLI type for SupervisorConfig.{f.name}: {hint!r}")
-        group.add_argument(flag, help=f"{help_text} (default: {default})", **kwargs)
+        if default is None or "(default:" in help_text:
+            group.add_argument(flag, help=help_text, **kwargs)
+        else:
+            group.add_argument(flag, help=f"{help_text} (default: {default})", **kwargs)
     group.add_argument(
         "--no-probe",
         dest=_CONFIG_DEST + "probe_interval",
