@@ -27,6 +27,7 @@ from supervisor.core.liveness import (
 )
 from supervisor.core.process import RunnerProcess, describe_exit, describe_signal
 from supervisor.errors import DuplicateTaskError, RunnerFailedError
+from supervisor.logs.hook import fatal_message, output_hook
 from supervisor.protocol import (
     BUSY_STATUSES,
     DEVICE_UNHEALTHY,
@@ -86,6 +87,7 @@ class _EndCause:
     reason: FailureReason | None = None
     message: str = ""
     frozen: bool = False
+    evidence: tuple[str, ...] = ()  # lines put first in the diagnostics
 
 
 class RunnerSupervisor:
@@ -99,11 +101,20 @@ class RunnerSupervisor:
         config: SupervisorConfig,
         runner_id: str,
         proc: RunnerProcess,
+        incarnation: int = 1,
     ) -> None:
         self.spec = spec
         self.config = config
         self.runner_id = runner_id
+        self.incarnation = incarnation
         self._proc = proc
+        # Lines bound to a runner reach its log file (and are fields of JSON logs).
+        self._log = logger.bind(runner_id=runner_id, incarnation=incarnation, pid=proc.pid)
+        self._output_hook = output_hook(
+            config, runner_id, incarnation=incarnation, pid=proc.pid, on_fatal=self._fatal_line
+        )
+        if self._output_hook is not None:
+            proc.output.on_line = self._output_hook.on_line
         self._host = HostStream(event_sender, runner_id)
         self._status: BaseRunnerStatus = RunnerIdle()
         self._waiters: dict[str, _Waiter] = {}
@@ -145,14 +156,26 @@ class RunnerSupervisor:
         event_sender: MemoryObjectSendStream[BaseEvent],
         config: SupervisorConfig | None = None,
         runner_id: str | None = None,
+        incarnation: int = 1,
     ) -> RunnerSupervisor:
-        """Spawn the runner process now; call `run` to watch it."""
+        """Spawn the runner process now; call `run` to watch it.
+
+        ``incarnation`` numbers this runner id's processes (a restarting supervisor
+        counts them); it stamps the runner's log lines."""
         spec = spec or RunnerSpec()
         config = config or SupervisorConfig()
         rid = runner_id or spec.runner_id or f"runner-{uuid.uuid4().hex[:8]}"
         proc = RunnerProcess.spawn(spec, config, rid)
-        logger.info("spawned runner {} (pid {}, engine {})", rid, proc.pid, spec.engine)
-        return cls(spec=spec, event_sender=event_sender, config=config, runner_id=rid, proc=proc)
+        sup = cls(
+            spec=spec,
+            event_sender=event_sender,
+            config=config,
+            runner_id=rid,
+            proc=proc,
+            incarnation=incarnation,
+        )
+        sup._log.info("spawned runner {} (pid {}, engine {})", rid, proc.pid, spec.engine)
+        return sup
 
     # ---------------------------------------------------------------- read-only
     @property
@@ -327,11 +350,22 @@ class RunnerSupervisor:
             if self._scope is not None:
                 self._scope.cancel()
 
+    def _fatal_line(self, name: str, line: str) -> None:
+        """A fatal pattern matched a runner output line: end the runner now."""
+        self._end(
+            _EndCause(
+                detected_by="log",
+                reason="fatal_log",
+                message=fatal_message(name, line),
+                evidence=(line,),
+            )
+        )
+
     async def _guard(self, watcher: Callable[[], Awaitable[None]]) -> None:
         try:
             await watcher()
         except Exception as exc:  # noqa: BLE001 - a supervisor bug must not take down the host
-            logger.opt(exception=exc).error("supervisor {} internal error", self.runner_id)
+            self._log.opt(exception=exc).error("supervisor {} internal error", self.runner_id)
             self._end(
                 _EndCause(
                     detected_by="channel",
@@ -409,7 +443,7 @@ class RunnerSupervisor:
                 busy_logged = False
             elif verdict.verdict == "busy" and not busy_logged:
                 busy_logged = True
-                logger.warning("runner {}: {}", self.runner_id, verdict.message)
+                self._log.warning("runner {}: {}", self.runner_id, verdict.message)
             elif verdict.verdict == "dead":
                 self._end(_EndCause(detected_by="heartbeat"))
                 return
@@ -505,7 +539,7 @@ class RunnerSupervisor:
                     break
                 misses += 1  # each probe_timeout without an answer is one miss
                 self.probe_failures += 1
-                logger.warning(
+                self._log.warning(
                     "runner {}: probe unanswered for {:g}s ({}/{})",
                     self.runner_id,
                     cfg.probe_timeout * misses,
@@ -528,7 +562,7 @@ class RunnerSupervisor:
                 self._fail_probe(error)
                 return
             misses += 1
-            logger.warning(
+            self._log.warning(
                 "runner {}: {} ({}/{})", self.runner_id, error, misses, cfg.probe_failures
             )
             if misses >= cfg.probe_failures:
@@ -550,7 +584,7 @@ class RunnerSupervisor:
         assert self._shutdown_event is not None
         await self._shutdown_event.wait()
         await anyio.sleep(self.config.shutdown_grace)
-        logger.warning(
+        self._log.warning(
             "runner {} did not shut down within {:g}s; sending SIGTERM",
             self.runner_id,
             self.config.shutdown_grace,
@@ -558,7 +592,7 @@ class RunnerSupervisor:
         self._we_killed_it = True
         self._proc.signal_group(signal.SIGTERM)
         await anyio.sleep(self.config.stop_grace)
-        logger.warning("runner {} ignored SIGTERM; sending SIGKILL", self.runner_id)
+        self._log.warning("runner {} ignored SIGTERM; sending SIGKILL", self.runner_id)
         self._proc.kill_group()
 
     # ------------------------------------------------------------ event intake
@@ -615,14 +649,14 @@ class RunnerSupervisor:
             await self._reject_oldest_pending(msg.error)
             return
         elif not isinstance(msg, BaseEvent):
-            logger.warning("runner {} sent an unknown message {!r}", self.runner_id, msg)
+            self._log.warning("runner {} sent an unknown message {!r}", self.runner_id, msg)
             return
         await self._forward(msg)
 
     async def _reject_oldest_pending(self, error: str) -> None:
         task_id = next(iter(self._pending), None)
         if task_id is None:
-            logger.warning("runner {}: undecodable message: {}", self.runner_id, error)
+            self._log.warning("runner {}: undecodable message: {}", self.runner_id, error)
             return
         await self._handle(TaskAcknowledged(task_id))
         await self._handle(
@@ -655,7 +689,12 @@ class RunnerSupervisor:
         else:
             await self._end_exited_runner(cause)
         proc.close()
+        self._close_output_hook()
         self._mark_finished()
+
+    def _close_output_hook(self) -> None:
+        if self._output_hook is not None:
+            self._output_hook.close()
 
     async def _fail_live_runner(self, cause: _EndCause) -> None:
         """Heartbeat, progress, memory or internal failure: the process still exists."""
@@ -673,7 +712,7 @@ class RunnerSupervisor:
                 reason=cause.reason,
                 error_message=cause.message,
                 detected_by=cause.detected_by,
-                diagnostics=proc.output.evidence(self.config.diagnostics_lines),
+                diagnostics=proc.output.evidence(self.config.diagnostics_lines, cause.evidence),
             )
         )
         self.exit_code = await proc.terminate(self.config.stop_grace, frozen=cause.frozen)
@@ -743,7 +782,7 @@ class RunnerSupervisor:
         self._failure = failure
         self.failed_at = time.monotonic()
         self._status = failure
-        logger.error(
+        self._log.error(
             "runner {} failed ({}, by {}): {}",
             self.runner_id,
             failure.reason,
@@ -757,7 +796,7 @@ class RunnerSupervisor:
 
     async def _report_stop(self, code: int | None) -> None:
         note = "" if code == 0 else f" ({describe_exit(code) if code is not None else 'unreaped'})"
-        logger.info("runner {} shut down{}", self.runner_id, note)
+        self._log.info("runner {} shut down{}", self.runner_id, note)
         status_event = None
         if not isinstance(self._status, RunnerShutdown):
             self._status = RunnerShutdown()
@@ -808,4 +847,5 @@ class RunnerSupervisor:
             waiter.event.set()
         self._waiters.clear()
         proc.close()
+        self._close_output_hook()
         self._mark_finished()

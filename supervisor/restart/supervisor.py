@@ -462,7 +462,7 @@ class RestartingSupervisor:
         launched = self._adopt_spare()
         if launched is None:
             try:
-                launched = self._launch()
+                launched = self._launch(inc.number)
             except Exception as exc:  # noqa: BLE001 - a spawn failure is this incarnation's failure
                 logger.opt(exception=exc).error(
                     "runner {}: could not start the runner", self.runner_id
@@ -496,13 +496,18 @@ class RestartingSupervisor:
             inc.settled.set()
             self._notify()
 
-    def _launch(self) -> _Spare:
-        """Spawn a runner and start watching it; its events queue until adopted."""
+    def _launch(self, number: int) -> _Spare:
+        """Spawn incarnation ``number`` and start watching it; its events queue until
+        adopted."""
         assert self._spare_tg is not None
         send, recv = anyio.create_memory_object_stream[BaseEvent](math.inf)
         try:
             sup = RunnerSupervisor.create(
-                spec=self.spec, event_sender=send, config=self.config, runner_id=self.runner_id
+                spec=self.spec,
+                event_sender=send,
+                config=self.config,
+                runner_id=self.runner_id,
+                incarnation=number,
             )
         except BaseException:
             send.close()
@@ -555,7 +560,7 @@ class RestartingSupervisor:
                     and inc.failure is None
                 ):
                     try:
-                        self._spare = self._launch()
+                        self._spare = self._launch(inc.number + 1)
                     except Exception as exc:  # noqa: BLE001 - no spare is no failure
                         logger.opt(exception=exc).warning(
                             "runner {}: could not start a spare runner", self.runner_id
