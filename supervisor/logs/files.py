@@ -46,6 +46,12 @@ QUEUE_LINES = 10_000
 QUEUE_CHARS = 8 * 2**20
 #: A writer with no open file exits after this many idle seconds.
 IDLE_EXIT = 5.0
+#: After writing, the writer waits this long for more lines: it wakes (and takes the
+#: GIL from the event loop) a few times a second rather than once per line.
+LINGER = 0.05
+#: Lines of one file are written as one loguru message of up to this many characters
+#: (loguru's cost is per message; rotation is checked per message).
+CHUNK_CHARS = 64 * 1024
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -115,8 +121,24 @@ def check_file_options(rotation: str | None, compression: str | None) -> None:
         ) from None
 
 
-def _stamp(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t).astimezone().isoformat(timespec="milliseconds")
+class _Stamper:
+    """ISO 8601 local time with milliseconds; the date, time and offset part is made
+    once per second."""
+
+    __slots__ = ("_head", "_second", "_zone")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._head = self._zone = ""
+
+    def __call__(self, t: float) -> str:
+        second = int(t)
+        if second != self._second:
+            local = datetime.datetime.fromtimestamp(second).astimezone()
+            self._head = local.strftime("%Y-%m-%dT%H:%M:%S")
+            self._zone = local.isoformat()[19:]  # +00:00
+            self._second = second
+        return f"{self._head}.{int((t - second) * 1000):03d}{self._zone}"
 
 
 # Queue items: a line, or a control for the writer thread (never dropped).
@@ -313,34 +335,45 @@ class LogWriter:
 
     # --------------------------------------------------------- writer thread
     def _run(self) -> None:
+        stamp = _Stamper()
+        pending: dict[str, list[str]] = {}  # lines per file, written at the batch's end
         while True:
             items = self.inbox.take(IDLE_EXIT)
             for item in items:
                 if isinstance(item, tuple):
-                    self._write(item)
-                elif isinstance(item, _Open):
+                    path, t, stream, incarnation, pid, text = item
+                    line = f"{stamp(t)} {stream:<10} inc={incarnation} pid={pid} | {text}"
+                    pending.setdefault(path, []).append(line)
+                    continue
+                self._write(pending)  # what came before a control is written before it
+                if isinstance(item, _Open):
                     self._open_sink(item)
                 elif isinstance(item, _Close):
                     self._close_sink(item.path)
                 else:
                     item.set()
-            if not items and not self._sinks and _retire(self):
+            if pending:
+                self._write(pending)
+                time.sleep(LINGER)
+            elif not items and not self._sinks and _retire(self):
                 break
         if self._route_id is not None:
             with contextlib.suppress(ValueError):
                 logger.remove(self._route_id)
 
-    def _write(self, line: _Line) -> None:
-        path, t, stream, incarnation, pid, text = line
-        own = self._sinks.get(path, (None, 0))[0]
-        if own is None:
-            self.write_errors += 1  # its file could not be opened (warned once)
-            return
-        try:
-            own.info(f"{_stamp(t)} {stream:<10} inc={incarnation} pid={pid} | {text}")
-        except Exception as exc:  # noqa: BLE001 - a full disk must not stop the writer
-            self.write_errors += 1
-            self._warn_once(path, exc)
+    def _write(self, pending: dict[str, list[str]]) -> None:
+        for path, lines in pending.items():
+            own = self._sinks.get(path, (None, 0))[0]
+            if own is None:
+                self.write_errors += len(lines)  # its file could not be opened (warned once)
+                continue
+            try:
+                for chunk in _chunks(lines):
+                    own.info(chunk)
+            except Exception as exc:  # noqa: BLE001 - a full disk must not stop the writer
+                self.write_errors += 1
+                self._warn_once(path, exc)
+        pending.clear()
 
     def _open_sink(self, item: _Open) -> None:
         entry = self._sinks.get(item.path)
@@ -389,6 +422,19 @@ class LogWriter:
         if path not in self._warned:
             self._warned.add(path)
             logger.warning("runner log {}: {}: {} (lines are lost)", path, type(exc).__name__, exc)
+
+
+def _chunks(lines: list[str]) -> list[str]:
+    """The lines joined into messages of at most about `CHUNK_CHARS` characters."""
+    out: list[str] = []
+    start = size = 0
+    for i, line in enumerate(lines):
+        if size and size + len(line) > CHUNK_CHARS:
+            out.append("\n".join(lines[start:i]))
+            start, size = i, 0
+        size += len(line) + 1
+    out.append("\n".join(lines[start:]))
+    return out
 
 
 def _int_or(value: Any, default: int) -> int:
