@@ -253,3 +253,36 @@ def test_bad_rotation_or_compression_is_a_value_error(
     with pytest.raises(ValueError, match=r"rotation|compression") as info:
         check_file_options(rotation, compression)
     assert "\n" not in str(info.value)
+
+
+def test_dropped_lines_are_a_process_wide_counter_in_the_metrics(tmp_path: Path) -> None:
+    pytest.importorskip("prometheus_client")
+    from supervisor.ops.metrics import SupervisorMetrics
+
+    def exported() -> float:
+        text = SupervisorMetrics().render().decode()
+        (line,) = (ln for ln in text.splitlines() if ln.startswith("runner_supervisor_log_lines"))
+        return float(line.split()[-1])
+
+    before = files.dropped_lines()
+    assert exported() == before
+    os.mkfifo(tmp_path / "r1.log")  # a writer that blocks, as on a hung disk
+    log = open_log(tmp_path)
+    for i in range(files.QUEUE_LINES * 2 + 1000):
+        log.write("output", f"line {i}")
+    assert log.dropped >= 1000
+    assert files.dropped_lines() == before + log.dropped
+    assert exported() == before + log.dropped
+    fd = os.open(tmp_path / "r1.log", os.O_RDONLY | os.O_NONBLOCK)
+    reader = threading.Thread(target=lambda: _drain(fd))
+    reader.start()
+    log.close()
+    assert flush_log_files(10.0)
+    reader.join(10.0)
+    os.close(fd)
+
+
+def _drain(fd: int) -> None:
+    os.set_blocking(fd, True)
+    while os.read(fd, 65536):
+        pass
