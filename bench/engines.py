@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from multiprocessing.connection import Connection
@@ -114,3 +115,21 @@ class ForkChildEngine(EchoEngine):
             with open(self.pid_file, "w") as f:
                 f.write("".join(f"{p}\n" for p in pids))
         self._child = child
+
+
+class ChattyEngine(EchoEngine):
+    """Echo that also logs: one stderr line every ``print_every`` tokens, like an engine
+    reporting its throughput, so that log files and fatal patterns have lines to see."""
+
+    name = "chatty"
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self.print_every = int(options.get("print_every", 10))
+        super().__init__({k: v for k, v in options.items() if k != "print_every"})
+
+    def generate(self, task: Generate, ctx: EngineContext) -> Iterator[str]:
+        every = self.print_every
+        for i, token in enumerate(super().generate(task, ctx)):
+            if i % every == 0:
+                print(f"step {i}: 1 sequence, {i} tokens, kv cache 12.5% used", file=sys.stderr)
+            yield token

@@ -2,7 +2,8 @@
 
 Three paths carry the same small event (`ChunkGenerated`), measured in one run:
 - ours: a RunnerSupervisor over the echo engine (token_delay=0) into the host's
-  memory stream;
+  memory stream; and again with per-runner log files and the default fatal patterns
+  on, over an engine that also writes a log line every `PRINT_EVERY` tokens;
 - raw pipe: a child sending on a `multiprocessing.Pipe` (pickle) as fast as it can,
   the parent in a plain blocking ``recv`` loop: the practical limit;
 - queue: a child putting on a `multiprocessing.Queue`, the parent forwarding each
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import tempfile
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -27,12 +29,14 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from bench.common import Mode, fleet, progress, run_async
+from bench.common import Mode, Watched, fleet, progress, run_async
 from bench.report import Row, Section, Stats, ratio
-from supervisor import RunnerSpec
+from supervisor import RunnerSpec, SupervisorConfig
+from supervisor.logs.files import dropped_lines, flush_log_files, log_path
 from supervisor.protocol import BaseEvent, ChunkGenerated, Generate
 
 PACE = 0.001  # seconds between events in the latency runs
+PRINT_EVERY = 10  # tokens per stderr line of the engine in the log-files run
 _STOP = "stop"
 
 
@@ -55,6 +59,13 @@ class Params:
 class Measured:
     rates: list[float]
     latencies: list[float]
+
+
+@dataclass
+class Logged:
+    rates: list[float]
+    lines: int  # in the runner's log file
+    dropped: int
 
 
 def _burst(send: Any, count: int, pace: float) -> None:
@@ -187,42 +198,75 @@ async def queue_forwarder(p: Params) -> Measured:
 
 
 # ----------------------------------------------------------------------- ours
-async def ours(p: Params) -> Measured:
-    rates: list[float] = []
-    latencies: list[float] = []
-    counter = _Counter()
+class _Bursts:
+    """Counts one runner's chunks; `run` times ``bursts + 1`` bursts (the first warms up)."""
 
-    def count(now: float, event: BaseEvent) -> None:
+    def __init__(self) -> None:
+        self.counter = _Counter()
+
+    def count(self, now: float, event: BaseEvent) -> None:
         if type(event) is ChunkGenerated:
-            if not counter.n:
-                counter.first = now
-            counter.last = now
-            counter.n += 1
+            c = self.counter
+            if not c.n:
+                c.first = now
+            c.last = now
+            c.n += 1
+
+    async def run(self, w: Watched, p: Params) -> list[float]:
+        rates: list[float] = []
+        for burst in range(p.bursts + 1):
+            self.counter.reset()
+            tid = f"burst-{burst}"
+            await w.sup.start_task(Generate(task_id=tid, prompt="x", max_tokens=p.count))
+            await w.wait(partial(contains, w.terminal, tid), within=120)
+            if self.counter.n != p.count:
+                raise RuntimeError(f"host received {self.counter.n} of {p.count} chunks")
+            if burst:
+                rates.append(self.counter.rate())
+        return rates
+
+
+async def ours(p: Params) -> Measured:
+    latencies: list[float] = []
+    bursts = _Bursts()
 
     def stamp(now: float, event: BaseEvent) -> None:
         if type(event) is ChunkGenerated:
             latencies.append(now - float(event.text))
 
     async with fleet() as f:
-        echo = f.spawn(RunnerSpec(engine="echo"), on_event=count)
+        echo = f.spawn(RunnerSpec(engine="echo"), on_event=bursts.count)
         stamper = f.spawn(
             RunnerSpec(engine="bench.engines:StampEngine", options={"token_delay": PACE}),
             on_event=stamp,
         )
         await echo.ready()
         await stamper.ready()
-        for burst in range(p.bursts + 1):
-            counter.reset()
-            tid = f"burst-{burst}"
-            await echo.sup.start_task(Generate(task_id=tid, prompt="x", max_tokens=p.count))
-            await echo.wait(partial(contains, echo.terminal, tid), within=120)
-            if counter.n != p.count:
-                raise RuntimeError(f"host received {counter.n} of {p.count} chunks")
-            if burst:
-                rates.append(counter.rate())
+        rates = await bursts.run(echo, p)
         await stamper.sup.start_task(Generate(task_id="paced", prompt="x", max_tokens=p.paced))
         await stamper.wait(lambda: "paced" in stamper.terminal, within=120)
     return Measured(rates, latencies)
+
+
+async def _ours_logged(p: Params, log_dir: str) -> tuple[list[float], str]:
+    bursts = _Bursts()
+    config = SupervisorConfig(log_dir=log_dir)
+    spec = RunnerSpec(engine="bench.engines:ChattyEngine", options={"print_every": PRINT_EVERY})
+    async with fleet() as f:
+        chatty = f.spawn(spec, config, on_event=bursts.count)
+        await chatty.ready()
+        return await bursts.run(chatty, p), chatty.sup.runner_id
+
+
+def ours_logged(mode: Mode, p: Params) -> Logged:
+    """Ours with log files and the default fatal patterns, over a runner that logs."""
+    dropped_before = dropped_lines()
+    with tempfile.TemporaryDirectory(prefix="bench-logs-") as log_dir:
+        rates, runner_id = run_async(mode, lambda: _ours_logged(p, log_dir))
+        flush_log_files(30.0)
+        with open(log_path(log_dir, runner_id), "rb") as log:
+            lines = sum(block.count(b"\n") for block in iter(lambda: log.read(1 << 20), b""))
+    return Logged(rates, lines, dropped_lines() - dropped_before)
 
 
 # ----------------------------------------------------------------------- run
@@ -231,6 +275,8 @@ def run(mode: Mode) -> Section:
     s = Section("Event forwarding (runner emit -> host receive)")
     progress(f"forwarding: ours, {p.bursts}+1 bursts of {p.count} events + {p.paced} paced")
     mine: Measured = run_async(mode, lambda: ours(p))
+    progress(f"forwarding: ours with log files + fatal patterns, a log line per {PRINT_EVERY}")
+    logged = ours_logged(mode, p)
     progress("forwarding: raw multiprocessing.Pipe + pickle loop")
     raw = raw_pipe(p)
     progress(f"forwarding: per-event to_thread(Queue.get), bursts of {p.queue_count}")
@@ -248,6 +294,18 @@ def run(mode: Mode) -> Section:
             ours_rate,
             target=">= 100k/s and >= 50% of raw pipe",
             met=ours_rate.median >= 100_000 and share >= 0.5,
+        )
+    )
+    logged_rate = Stats.of(logged.rates, "/s")
+    logged_share = logged_rate.median / raw_rate.median
+    s.add(
+        Row(
+            tput,
+            f"ours + log files + default fatal patterns, a log line per {PRINT_EVERY} events",
+            "/s",
+            logged_rate,
+            target=">= 80% of raw pipe",
+            met=logged_share >= 0.8,
         )
     )
     s.add(
@@ -287,6 +345,12 @@ def run(mode: Mode) -> Section:
         f"Ours is the runner's loop (poll the task pipe, pickle, write, tick progress per "
         f"token) plus the supervisor's non-blocking reader, so it is {share:.0%} of a bare "
         "pipe whose child does nothing but send.",
+        f"With log files: the engine also writes one stderr line per {PRINT_EVERY} tokens "
+        f"({p.count // PRINT_EVERY:,} per burst); each goes through the default fatal "
+        f"patterns and into the runner's log file: {logged.lines:,} lines written, "
+        f"{logged.dropped:,} dropped. {logged_share:.0%} of the raw pipe, "
+        f"{logged_rate.median / ours_rate.median:.0%} of ours without them (whose engine "
+        "writes nothing).",
         f"Latency: {p.paced:,} events at one per {PACE * 1e3:g} ms, stamped with "
         "`time.monotonic()` in the child (CLOCK_MONOTONIC is system-wide) and compared on "
         "receipt by the host.",

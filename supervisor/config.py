@@ -181,6 +181,59 @@ class SupervisorConfig:
         metadata={"help": "consecutive failed health probes before reason 'probe_failed'"},
     )
 
+    # runner log files and fatal output lines (docs/logs.md)
+    log_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "write each runner's output, and the supervisor's lines about it, to "
+            "DIR/<runner id>.log, stamped with time, stream, incarnation and pid and appended "
+            "across restarts (default: no log files)",
+            "metavar": "DIR",
+        },
+    )
+    log_rotation: str = field(
+        default="50 MB",
+        metadata={
+            "help": "start a new log file at this size ('50 MB'), after this interval "
+            "('1 day') or at this time of day ('00:00'), as loguru reads it",
+            "metavar": "WHEN",
+        },
+    )
+    log_retention: int = field(
+        default=5,
+        metadata={
+            "help": "log files kept per runner, the one being written included; older "
+            "ones are deleted at rotation"
+        },
+    )
+    log_compression: str | None = field(
+        default=None,
+        metadata={
+            "help": "compress rotated log files: gz, bz2, xz, zip, tar.gz, ... "
+            "(default: not compressed)",
+            "metavar": "FORMAT",
+        },
+    )
+    fatal_patterns: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "a regular expression searched for in every runner output line: a "
+            "match fails the runner at once (reason 'fatal_log'); repeatable, in addition "
+            "to the defaults",
+            "flag": "--fatal-pattern",
+            "action": "append",
+            "metavar": "REGEX",
+        },
+    )
+    default_fatal_patterns: bool = field(
+        default=True,
+        metadata={
+            "help": "do not fail runners on the built-in fatal lines (illegal memory access, "
+            "device-side assert, fatal NCCL errors, uncorrectable ECC, ...: docs/logs.md)",
+            "flag": "--no-default-fatal-patterns",
+        },
+    )
+
     def __post_init__(self) -> None:
         positive = {
             "poll_interval": self.poll_interval,
@@ -222,11 +275,27 @@ class SupervisorConfig:
                 f"SupervisorConfig.containment must be one of {', '.join(CONTAINMENT_MODES)}, "
                 f"got {self.containment!r}"
             )
+        self._check_logs()
         if self.start_method not in ("spawn", "forkserver"):
             raise ValueError(
                 f"start_method must be 'spawn' or 'forkserver' (never plain fork), "
                 f"got {self.start_method!r}"
             )
+
+    def _check_logs(self) -> None:
+        from supervisor.logs.fatal import fatal_matcher
+        from supervisor.logs.files import check_file_options
+
+        if self.log_dir is not None and (not isinstance(self.log_dir, str) or not self.log_dir):
+            raise ValueError("SupervisorConfig.log_dir must be a non-empty path or None")
+        if self.log_retention < 1:
+            raise ValueError("SupervisorConfig.log_retention must be >= 1")
+        check_file_options(self.log_rotation, self.log_compression)
+        if not isinstance(self.fatal_patterns, tuple):
+            if isinstance(self.fatal_patterns, str):
+                raise ValueError("SupervisorConfig.fatal_patterns must be a tuple of regexes")
+            object.__setattr__(self, "fatal_patterns", tuple(self.fatal_patterns))
+        fatal_matcher(self.fatal_patterns, self.default_fatal_patterns)
 
     @property
     def freeze_bound(self) -> float:

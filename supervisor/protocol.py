@@ -113,8 +113,11 @@ FailureReason: TypeAlias = Literal[
     "stalled",
     "memory_limit",
     "probe_failed",
+    "fatal_log",
 ]
-Detector: TypeAlias = Literal["sentinel", "poll", "channel", "heartbeat", "progress", "probe"]
+Detector: TypeAlias = Literal[
+    "sentinel", "poll", "channel", "heartbeat", "progress", "probe", "log"
+]
 
 
 @dataclass(frozen=True, slots=True)

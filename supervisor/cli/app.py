@@ -77,17 +77,10 @@ def embeds_only(engine: str) -> bool:
 
 
 def configure_logging(args: argparse.Namespace) -> None:
-    from loguru import logger
+    from supervisor.logs.setup import configure_logging as configure
 
-    logger.remove()
     level = "DEBUG" if args.verbose and args.log_level == "INFO" else args.log_level
-    logger.add(
-        sys.stderr,
-        level=level,
-        format="<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> | {message}",
-        backtrace=False,
-        diagnose=False,
-    )
+    configure(args.log_format, level, sys.stderr)
 
 
 # --------------------------------------------------------------------- entry
@@ -135,6 +128,11 @@ COMMANDS: dict[str, RunCommand] = {"run": run_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["logs"]:
+        from supervisor.logs.tail import logs_main
+
+        return logs_main(argv[1:], prog=f"{PROG} logs")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -21,6 +21,7 @@ from supervisor.cli.fields import (
     parse_port,
 )
 from supervisor.config import RunnerSpec, SupervisorConfig
+from supervisor.logs.setup import LOG_FORMATS
 from supervisor.restart.policy import RestartPolicy
 
 PROG = "runner-supervisor"
@@ -199,6 +200,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="stderr log level (default: INFO)",
     )
     out.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="the supervisor's own log lines on stderr: text for people, or json (one object "
+        "per line, with runner_id, incarnation and pid as fields) for machines (default: text)",
+    )
+    out.add_argument(
         "-v",
         "--verbose",
         action="store_true",
@@ -223,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_arguments(run)
+    # Parsed by `supervisor.logs.tail.logs_main`; listed here so --help shows it.
+    logs = commands.add_parser(
+        "logs",
+        help="print (and with -f follow) a runner's log file written with --log-dir",
+        add_help=False,
+    )
+    logs.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 

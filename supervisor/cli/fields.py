@@ -147,7 +147,11 @@ class FlagSet(Generic[T]):
         return [(f, hints[f.name]) for f in dataclasses.fields(self.cls)]  # type: ignore[arg-type]
 
     def flag(self, name: str) -> str:
-        return self.flag_names.get(name, "--" + name.replace("_", "-"))
+        meta = self._field(name).metadata
+        return str(meta.get("flag") or self.flag_names.get(name, "--" + name.replace("_", "-")))
+
+    def _field(self, name: str) -> dataclasses.Field[Any]:
+        return {f.name: f for f in dataclasses.fields(self.cls)}[name]  # type: ignore[arg-type]
 
     def dest(self, name: str) -> str:
         return self.dest_prefix + name
@@ -180,7 +184,18 @@ class FlagSet(Generic[T]):
                     flag, action="store_const", const=not default, help=help_text, **kwargs
                 )
                 continue
+            if f.metadata.get("action") == "append":  # a repeatable flag: a tuple of str
+                group.add_argument(
+                    flag,
+                    action="append",
+                    metavar=f.metadata.get("metavar", "TEXT"),
+                    help=f"{help_text} (repeatable)",
+                    **kwargs,
+                )
+                continue
             value_type = self.value_types.get(f.name)
+            if value_type is None and hint in (str, str | None):
+                value_type = ValueType(str, f.metadata.get("metavar", "TEXT"))
             if value_type is None and typing.get_origin(hint) is typing.Literal:
                 kwargs["choices"] = typing.get_args(hint)
             else:
@@ -191,9 +206,9 @@ class FlagSet(Generic[T]):
                 kwargs["type"], kwargs["metavar"] = value_type.parse, value_type.metavar
                 if value_type.note:
                     help_text += f" ({value_type.note})"
-            group.add_argument(
-                flag, help=f"{help_text} (default: {_show_default(default)})", **kwargs
-            )
+            if "(default:" not in help_text:  # the help may word its default itself
+                help_text += f" (default: {_show_default(default)})"
+            group.add_argument(flag, help=help_text, **kwargs)
 
     def from_args(self, args: argparse.Namespace) -> T:
         """The instance the flags ask for; `ValueError` (from the dataclass) if they conflict."""
@@ -201,7 +216,7 @@ class FlagSet(Generic[T]):
         for f in dataclasses.fields(self.cls):  # type: ignore[arg-type]
             value = getattr(args, self.dest(f.name), None)
             if value is not None:
-                values[f.name] = value
+                values[f.name] = tuple(value) if isinstance(value, list) else value
         return self.cls(**values)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
-from loguru import logger
+from loguru import Logger, logger
 
 from supervisor.config import SupervisorConfig
 from supervisor.core.lifecycle import Notifier
@@ -46,6 +46,8 @@ class EndCause:
     reason: FailureReason | None = None
     message: str = ""
     frozen: bool = False
+    #: lines put first in the failure's diagnostics (the fatal line that ended it)
+    evidence: tuple[str, ...] = ()
 
 
 #: The current phase's name and its progress deadline in seconds; None when idle.
@@ -103,7 +105,10 @@ class Detectors:
         started_at: float,
         end: Callable[[EndCause], None],
         phases: Phases,
+        log: Logger = logger,
     ) -> None:
+        #: bound to the runner (id, incarnation, pid): its lines reach the runner's log file
+        self._log = log
         self._proc = proc
         self._config = config
         self._runner_id = runner_id
@@ -160,7 +165,7 @@ class Detectors:
                 busy_logged = False
             elif verdict.verdict == "busy" and not busy_logged:
                 busy_logged = True
-                logger.warning("runner {}: {}", self._runner_id, verdict.message)
+                self._log.warning("runner {}: {}", self._runner_id, verdict.message)
             elif verdict.verdict == "dead":
                 self._end(EndCause(detected_by="heartbeat"))
                 return

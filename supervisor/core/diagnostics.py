@@ -1,8 +1,10 @@
 """Capture of the runner's stdout/stderr, and the evidence put in `RunnerFailed`.
 
-The runner's fds 1 and 2 point at one pipe. The parent reads it without blocking,
-keeps a bounded tail, and on failure picks out the lines that explain the death:
-Python tracebacks, out-of-memory messages, CUDA errors and faulthandler dumps.
+The runner's fds 1 and 2 point at one pipe (so a line's stream is "output", not
+stdout or stderr). The parent reads it without blocking, hands each line to an
+optional ``on_line`` callback (log files, fatal patterns), keeps a bounded tail, and
+on failure picks out the lines that explain the death: Python tracebacks,
+out-of-memory messages, CUDA errors and faulthandler dumps.
 """
 
 from __future__ import annotations
@@ -10,12 +12,22 @@ from __future__ import annotations
 import os
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import anyio
 from loguru import logger
 
+from supervisor.logs.files import MAX_LINE_CHARS, TRUNCATED
+
+#: Longest line kept in the tail and forwarded to the host's log.
 MAX_LINE = 1000
+#: Longest line (in bytes here) handed to ``on_line``: the log files' bound. The rest
+#: of a longer line is skipped, so a runaway line is never buffered without limit.
+MAX_LINE_BYTES = MAX_LINE_CHARS
+#: The name ``on_line`` gets for the runner's merged stdout/stderr.
+OUTPUT_STREAM = "output"
+
+OnLine = Callable[[str, str], None]
 
 _ANCHORS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("traceback", re.compile(r"^Traceback \(most recent call last\):")),
@@ -62,31 +74,60 @@ def find_anchors(lines: Iterable[str]) -> list[str]:
 
 
 class OutputCapture:
-    """Reads the runner's combined stdout/stderr pipe into a bounded tail."""
+    """Reads the runner's combined stdout/stderr pipe into a bounded tail.
 
-    def __init__(self, fd: int, runner_id: str, *, tail_lines: int, forward: bool) -> None:
+    ``on_line(stream, line)`` is called for every line, in the supervisor's event loop:
+    it must not block. It sees lines of up to `MAX_LINE_BYTES` (longer ones are cut and
+    end in `TRUNCATED`); the tail and the host's log keep `MAX_LINE` characters.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        runner_id: str,
+        *,
+        tail_lines: int,
+        forward: bool,
+        on_line: OnLine | None = None,
+    ) -> None:
         os.set_blocking(fd, False)
         self._fd = fd
         self._runner_id = runner_id
         self._forward = forward
+        self._log = logger.bind(runner_id=runner_id, runner_output=True)
         self._partial = b""
+        self._skipping = False  # inside the cut-off rest of a too long line
+        self.on_line = on_line
         self.tail: deque[str] = deque(maxlen=tail_lines)
         self.eof = False
         self.closed = False
 
     def _take(self, data: bytes) -> None:
+        if self._skipping:
+            end = data.find(b"\n")
+            if end < 0:
+                return
+            data = data[end + 1 :]
+            self._skipping = False
         data = self._partial + data
         *complete, self._partial = data.split(b"\n")
-        if len(self._partial) > MAX_LINE * 4:  # a runaway line without newline
+        if len(self._partial) > MAX_LINE_BYTES:  # a runaway line without a newline
             complete.append(self._partial)
             self._partial = b""
+            self._skipping = True
+        on_line = self.on_line
         for raw in complete:
-            line = raw.decode("utf-8", "replace").rstrip("\r")
+            cut = len(raw) > MAX_LINE_BYTES
+            line = raw[:MAX_LINE_BYTES].decode("utf-8", "replace").rstrip("\r")
+            if cut:
+                line += TRUNCATED
+            if on_line is not None:
+                on_line(OUTPUT_STREAM, line)
             if len(line) > MAX_LINE:
                 line = line[:MAX_LINE] + "..."
             self.tail.append(line)
             if self._forward:
-                logger.opt(depth=0).debug("[{}] {}", self._runner_id, line)
+                self._log.debug("[{}] {}", self._runner_id, line)
 
     def read_available(self) -> None:
         while not self.eof and not self.closed:

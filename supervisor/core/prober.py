@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 import anyio
-from loguru import logger
+from loguru import Logger, logger
 
 from supervisor.config import SupervisorConfig
 from supervisor.core.detectors import EndCause
@@ -43,7 +43,10 @@ class Prober:
         send: Callable[[BaseTask], None],
         idle: Callable[[], bool],
         end: Callable[[EndCause], None],
+        log: Logger = logger,
     ) -> None:
+        #: bound to the runner (id, incarnation, pid): its lines reach the runner's log file
+        self._log = log
         self._config = config
         self._runner_id = runner_id
         self._send = send
@@ -110,7 +113,7 @@ class Prober:
                 return
 
     def _warn(self, what: str, misses: int) -> None:
-        logger.warning(
+        self._log.warning(
             "runner {}: {} ({}/{})", self._runner_id, what, misses, self._config.probe_failures
         )
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 import anyio
-from loguru import logger
+from loguru import Logger, logger
 
 from supervisor.config import SupervisorConfig
 from supervisor.core.channel import ChannelReader
@@ -57,7 +57,10 @@ class Relay:
         runner_id: str,
         started_at: float,
         end: Callable[[EndCause], None],
+        log: Logger = logger,
     ) -> None:
+        #: bound to the runner (id, incarnation, pid): its lines reach the runner's log file
+        self._log = log
         self._reader = reader
         self._host = host
         self._book = book
@@ -137,7 +140,7 @@ class Relay:
             await self._reject_oldest_pending(msg.error)
             return
         elif not isinstance(msg, BaseEvent):
-            logger.warning("runner {} sent an unknown message {!r}", self._runner_id, msg)
+            self._log.warning("runner {} sent an unknown message {!r}", self._runner_id, msg)
             return
         await self._host.send(msg)
 
@@ -159,7 +162,7 @@ class Relay:
                 self.progress.reset(time.monotonic())
             return True
         if not self._book.finished(tid):
-            logger.warning("runner {} repeated the end of task {}", self._runner_id, tid)
+            self._log.warning("runner {} repeated the end of task {}", self._runner_id, tid)
             return False
         if tid == self._generate:
             self._generate = None
@@ -169,7 +172,7 @@ class Relay:
         """The runner could not unpickle a task: the oldest unacknowledged one fails."""
         task_id = self._book.oldest_pending()
         if task_id is None:
-            logger.warning("runner {}: undecodable message: {}", self._runner_id, error)
+            self._log.warning("runner {}: undecodable message: {}", self._runner_id, error)
             return
         await self.handle(TaskAcknowledged(task_id))
         await self.handle(
@@ -183,7 +186,7 @@ class Relay:
             return
         self.failure = self.status = failure  # later events are ignored from now on
         self.failed_at = time.monotonic()
-        logger.error(
+        self._log.error(
             "runner {} failed ({}, by {}): {}",
             self._runner_id,
             failure.reason,
@@ -197,7 +200,7 @@ class Relay:
 
     async def report_stop(self, note: str) -> None:
         """The runner stopped because it was asked to; its open tasks fail (none will end)."""
-        logger.info("runner {} shut down{}", self._runner_id, note)
+        self._log.info("runner {} shut down{}", self._runner_id, note)
         status_event = None
         if not isinstance(self.status, RunnerShutdown):
             self.status = RunnerShutdown()

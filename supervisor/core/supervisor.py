@@ -32,6 +32,7 @@ from supervisor.core.relay import Relay
 from supervisor.core.tasks import RECENT_TASK_IDS as RECENT_TASK_IDS
 from supervisor.core.tasks import TaskBook, validate_task
 from supervisor.errors import RunnerFailedError, SupervisorClosedError
+from supervisor.logs.hook import fatal_message, output_hook
 from supervisor.protocol import (
     BaseEvent,
     BaseRunnerStatus,
@@ -54,13 +55,22 @@ class RunnerSupervisor:
         config: SupervisorConfig,
         runner_id: str,
         proc: RunnerProcess,
+        incarnation: int = 1,
     ) -> None:
         self.spec = spec
         self.config = config
         self.runner_id = runner_id
         self.started_at = time.monotonic()
         self.exit_code: int | None = None
+        self.incarnation = incarnation
         self._proc = proc
+        # Lines bound to a runner reach its log file (and are fields of JSON logs).
+        self._log = logger.bind(runner_id=runner_id, incarnation=incarnation, pid=proc.pid)
+        self._output_hook = output_hook(
+            config, runner_id, incarnation=incarnation, pid=proc.pid, on_fatal=self._fatal_line
+        )
+        if self._output_hook is not None:
+            proc.output.on_line = self._output_hook.on_line
         self._life = StateMachine(Life.CREATED, LIFE_TABLE)
         self._stop = Stop.NONE
         self._stop_changed = Notifier()
@@ -68,7 +78,12 @@ class RunnerSupervisor:
         self._cause: EndCause | None = None
         self._scope: anyio.CancelScope | None = None
         self._prober = Prober(
-            config, runner_id=runner_id, send=proc.tasks.put, idle=self._idle, end=self._end
+            config,
+            runner_id=runner_id,
+            send=proc.tasks.put,
+            idle=self._idle,
+            end=self._end,
+            log=self._log,
         )
         self._relay = Relay(
             proc.events,
@@ -79,6 +94,7 @@ class RunnerSupervisor:
             runner_id=runner_id,
             started_at=self.started_at,
             end=self._end,
+            log=self._log,
         )
         self._watch = Detectors(
             proc,
@@ -87,6 +103,7 @@ class RunnerSupervisor:
             started_at=self.started_at,
             end=self._end,
             phases=self._relay,
+            log=self._log,
         )
 
     @classmethod
@@ -97,14 +114,26 @@ class RunnerSupervisor:
         event_sender: MemoryObjectSendStream[BaseEvent],
         config: SupervisorConfig | None = None,
         runner_id: str | None = None,
+        incarnation: int = 1,
     ) -> RunnerSupervisor:
-        """Spawn the runner process now; call `run` to watch it."""
+        """Spawn the runner process now; call `run` to watch it.
+
+        ``incarnation`` numbers this runner id's processes (a restarting supervisor
+        counts them); it stamps the runner's log lines."""
         spec = spec or RunnerSpec()
         config = config or SupervisorConfig()
         rid = runner_id or spec.runner_id or f"runner-{uuid.uuid4().hex[:8]}"
         proc = RunnerProcess.spawn(spec, config, rid)
-        logger.info("spawned runner {} (pid {}, engine {})", rid, proc.pid, spec.engine)
-        return cls(spec=spec, event_sender=event_sender, config=config, runner_id=rid, proc=proc)
+        sup = cls(
+            spec=spec,
+            event_sender=event_sender,
+            config=config,
+            runner_id=rid,
+            proc=proc,
+            incarnation=incarnation,
+        )
+        sup._log.info("spawned runner {} (pid {}, engine {})", rid, proc.pid, spec.engine)
+        return sup
 
     # ---------------------------------------------------------------- read-only
     @property
@@ -264,11 +293,26 @@ class RunnerSupervisor:
             if self._scope is not None:
                 self._scope.cancel()
 
+    def _fatal_line(self, name: str, line: str) -> None:
+        """A fatal pattern matched a runner output line: end the runner now."""
+        self._end(
+            EndCause(
+                detected_by="log",
+                reason="fatal_log",
+                message=fatal_message(name, line),
+                evidence=(line,),
+            )
+        )
+
+    def _close_output_hook(self) -> None:
+        if self._output_hook is not None:
+            self._output_hook.close()
+
     async def _guard(self, watcher: Callable[[], Awaitable[None]]) -> None:
         try:
             await watcher()
         except Exception as exc:  # noqa: BLE001 - a supervisor bug must not take down the host
-            logger.opt(exception=exc).error("supervisor {} internal error", self.runner_id)
+            self._log.opt(exception=exc).error("supervisor {} internal error", self.runner_id)
             message = f"supervisor internal error: {type(exc).__name__}: {exc}"
             self._end(EndCause(detected_by="channel", reason="crashed", message=message))
 
@@ -285,7 +329,7 @@ class RunnerSupervisor:
         await self._stop_changed.wait_until(lambda: self._stop is not Stop.NONE)
         cfg = self.config
         await anyio.sleep(cfg.shutdown_grace)
-        logger.warning(
+        self._log.warning(
             "runner {} did not shut down within {:g}s; sending SIGTERM",
             self.runner_id,
             cfg.shutdown_grace,
@@ -293,7 +337,7 @@ class RunnerSupervisor:
         self._ask_stop(Stop.FORCED)
         self._proc.signal_group(signal.SIGTERM)
         await anyio.sleep(cfg.stop_grace)
-        logger.warning("runner {} ignored SIGTERM; sending SIGKILL", self.runner_id)
+        self._log.warning("runner {} ignored SIGTERM; sending SIGKILL", self.runner_id)
         self._proc.kill_group()
 
     # ------------------------------------------------------------------ ending
@@ -309,6 +353,7 @@ class RunnerSupervisor:
         else:
             await self._end_exited_runner(cause)
         self._proc.close()
+        self._close_output_hook()
         self._life.transition(Life.FINISHED)
 
     async def _fail_live_runner(self, cause: EndCause) -> None:
@@ -322,7 +367,9 @@ class RunnerSupervisor:
             await proc.output.drain(0.15)
             notes.append(verdict.stack_dump_note(cause))
         await self._relay.report_failure(
-            verdict.live_failure(cause, proc.output, cfg.diagnostics_lines, notes)
+            verdict.live_failure(
+                cause, proc.output, cfg.diagnostics_lines, [*cause.evidence, *notes]
+            )
         )
         self.exit_code = await proc.terminate(cfg.stop_grace, frozen=cause.frozen)
         await proc.output.drain(0.1)
@@ -355,4 +402,5 @@ class RunnerSupervisor:
         self.exit_code = code = await proc.wait_exit(2.0)
         await self._relay.report_abandoned(verdict.abandoned(code))
         proc.close()
+        self._close_output_hook()
         self._life.transition(Life.FINISHED)

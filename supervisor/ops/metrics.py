@@ -30,10 +30,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from supervisor.logs.files import dropped_lines
 from supervisor.ops.escape import printable
 from supervisor.ops.observe import HealthSource, RunnerHealth
 from supervisor.ops.phases import ALL_PHASES
@@ -92,6 +93,12 @@ class _LiveCollector(Collector):
             ready.add_metric([rid], 1.0 if h.phase in ("ready", "running") else 0.0)
             incarnation.add_metric([rid], float(h.incarnation))
         yield from (heartbeat, rss, in_flight, phase, ready, incarnation)
+        yield CounterMetricFamily(
+            f"{PREFIX}_log_lines_dropped",
+            "Runner log-file lines dropped because the writer fell behind (slow or full disk), "
+            "in this process",
+            value=dropped_lines(),
+        )
 
 
 class SupervisorMetrics:

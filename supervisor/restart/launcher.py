@@ -51,6 +51,7 @@ class Launcher:
         self._changed = changed  # told when a process ends
         self._tg: anyio.abc.TaskGroup | None = None
         self._spare: Launched | None = None
+        self._number = 0  # the incarnation last taken: a spare is its successor
 
     @property
     def spare_pid(self) -> int | None:
@@ -74,12 +75,13 @@ class Launcher:
                 self.retire_spare()
                 keeper.cancel()
 
-    def take(self) -> Launched | RunnerFailed:
+    def take(self, number: int) -> Launched | RunnerFailed:
         """The next incarnation's process: the spare if it is still fit, else a new one.
 
         A runner that could not be started is that incarnation's failure."""
         try:
-            launched = self._adopt_spare() or self._launch()
+            self._number = number
+            launched = self._adopt_spare() or self._launch(number)
         except Exception as exc:  # noqa: BLE001 - reported as the incarnation's failure
             # One line: a spawn failure is an operational error, its cause is in the message.
             logger.error("runner {}: could not start the runner: {!r}", self.runner_id, exc)
@@ -96,13 +98,17 @@ class Launcher:
         if spare is not None:
             spare.sup.shutdown()
 
-    def _launch(self) -> Launched:
-        """Spawn a runner and start watching it."""
+    def _launch(self, number: int) -> Launched:
+        """Spawn incarnation ``number`` and start watching it (the number stamps its logs)."""
         assert self._tg is not None, "launch only inside open()"
         send, recv = anyio.create_memory_object_stream[BaseEvent](math.inf)
         try:
             sup = RunnerSupervisor.create(
-                spec=self.spec, event_sender=send, config=self.config, runner_id=self.runner_id
+                spec=self.spec,
+                event_sender=send,
+                config=self.config,
+                runner_id=self.runner_id,
+                incarnation=number,
             )
         except BaseException:
             send.close()
@@ -141,7 +147,7 @@ class Launcher:
                     self._spare = None  # it died while waiting: replace it
                 if self._spare is None and wanted():
                     try:
-                        self._spare = self._launch()
+                        self._spare = self._launch(self._number + 1)  # the successor
                     except Exception as exc:  # noqa: BLE001 - no spare is no failure
                         logger.opt(exception=exc).warning(
                             "runner {}: could not start a spare runner", self.runner_id

@@ -325,7 +325,7 @@ class RestartingSupervisor:
         return self._life.state is _S.RUNNING and inc is not None and inc.healthy
 
     async def _run_incarnation(self, inc: Incarnation) -> None:
-        launched = self._launcher.take()
+        launched = self._launcher.take(inc.number)
         if isinstance(launched, RunnerFailed):
             self._record_failure(inc, launched)
             await self._host.send(RunnerStatusUpdated(self.runner_id, launched))

@@ -60,15 +60,17 @@ def parse(*argv: str) -> argparse.Namespace:
 # ------------------------------------------------------------------ flags
 
 
-def _flag_for(name: str) -> str:
-    return {"dump_stacks": "--no-stack-dump", "forward_output": "--no-forward-output"}.get(
-        name, "--" + name.replace("_", "-")
-    )
+def _flag_for(f: dataclasses.Field[Any]) -> str:
+    flag: str | None = f.metadata.get("flag")
+    return flag or {
+        "dump_stacks": "--no-stack-dump",
+        "forward_output": "--no-forward-output",
+    }.get(f.name, "--" + f.name.replace("_", "-"))
 
 
 def _other_value(f: dataclasses.Field[Any]) -> tuple[list[str], Any]:
     """argv that sets field ``f`` to something other than its default, and that value."""
-    flag = _flag_for(f.name)
+    flag = _flag_for(f)
     default = f.default
     if isinstance(default, bool):
         return [flag], not default
@@ -82,6 +84,14 @@ def _other_value(f: dataclasses.Field[Any]) -> tuple[list[str], Any]:
         return [flag, "0.2"], 0.2  # still below the check interval
     if f.name == "heartbeat_check_interval":
         return [flag, "0.75"], 0.75
+    if f.name == "fatal_patterns":
+        return [flag, "engine dead", flag, r"tpu \d+ halted"], ("engine dead", r"tpu \d+ halted")
+    if f.name == "log_rotation":
+        return [flag, "1 day"], "1 day"
+    if f.name == "log_compression":
+        return [flag, "gz"], "gz"
+    if f.name == "log_dir":
+        return [flag, "/var/log/runners"], "/var/log/runners"
     if isinstance(default, int):
         return [flag, str(default + 2)], default + 2
     assert isinstance(default, float)
@@ -268,6 +278,11 @@ def test_parse_size_refuses(text: str) -> None:
         ["run", "--max-restarts", "-1"],
         ["run", "--jitter", "2"],  # refused by RestartPolicy
         ["run", "--backoff-factor", "nan"],
+        ["run", "--fatal-pattern", "(unclosed"],
+        ["run", "--fatal-pattern", ".*"],  # would fail every runner
+        ["run", "--log-rotation", "sometimes"],
+        ["run", "--log-retention", "0"],
+        ["run", "--log-compression", "rar"],
         ["run", "--bogus"],
         [],
     ],
@@ -292,7 +307,7 @@ def test_help_documents_every_flag_exit_codes_and_examples(
     assert "examples:" in text
     for code in ("0 ", "1 ", "2 ", "3 ", "129", "141"):
         assert f"\n  {code}" in EPILOG
-    flags = [_flag_for(f.name) for f in dataclasses.fields(SupervisorConfig)]
+    flags = [_flag_for(f) for f in dataclasses.fields(SupervisorConfig)]
     flags += ["--no-probe", "--max-tokens", "--token-delay", "--load-time", "--warmup-time"]
     flags += ["--engine-option", "--stdin", "--json", "--log-level", "--verbose", "--env"]
     flags += [_policy_flag_for(f.name) for f in dataclasses.fields(RestartPolicy)]

@@ -1,0 +1,1 @@
+"""Runner logs: fatal output lines, per-runner log files, following them, JSON logging."""

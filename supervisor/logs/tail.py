@@ -1,0 +1,192 @@
+"""``runner-supervisor logs RUNNER_ID``: print a runner's log file, and follow it.
+
+Following works like ``tail -F`` (or ``supervisorctl tail -f``): when the file is
+rotated (renamed, a new one started), the rest of the old file is printed, then the
+new one from its start. Files rotated in between (several rotations within one poll)
+are printed too, unless they were compressed already.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import contextlib
+import glob
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import BinaryIO, TextIO
+
+from supervisor.logs.files import log_path
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+_BLOCK = 65536
+
+
+def _last_lines_offset(f: BinaryIO, count: int) -> int:
+    """Offset of the start of the last ``count`` lines (read backwards in blocks)."""
+    end = f.seek(0, os.SEEK_END)
+    pos, newlines = end, 0
+    if count <= 0:
+        return end
+    while pos > 0:
+        step = min(_BLOCK, pos)
+        pos -= step
+        f.seek(pos)
+        block = f.read(step)
+        if pos + step == end and block.endswith(b"\n"):
+            block = block[:-1]  # the last line's own newline does not start a line
+        for i in range(len(block) - 1, -1, -1):
+            if block[i] == 0x0A:
+                newlines += 1
+                if newlines == count:
+                    return pos + i + 1
+    return 0
+
+
+def _rotated(f: BinaryIO, path: str) -> bool:
+    """The path now names another file (or none yet): ours was rotated away."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return True
+    return now.st_ino != os.fstat(f.fileno()).st_ino
+
+
+def _rotated_after(path: str, inode: int) -> list[str]:
+    """Rotated files (not compressed) newer than the one with ``inode``, oldest first."""
+    stem = path[: -len(".log")]
+    found = []
+    for name in glob.glob(glob.escape(stem) + ".*.log"):
+        try:
+            st = os.stat(name)
+        except FileNotFoundError:
+            continue  # pruned meanwhile
+        found.append((st.st_mtime_ns, name, st.st_ino))
+    found.sort()
+    inodes = [ino for _, _, ino in found]
+    if inode not in inodes:
+        return []  # ours was compressed or pruned: nothing to place the others after
+    return [name for _, name, _ in found[inodes.index(inode) + 1 :]]
+
+
+def tail(
+    runner_id: str,
+    log_dir: str,
+    follow: bool,
+    out: TextIO,
+    *,
+    lines: int | None = None,
+    poll: float = 0.2,
+    stop: Callable[[], bool] = lambda: False,
+    prog: str = "runner-supervisor logs",
+) -> int:
+    """Print ``runner_id``'s log file to ``out`` (its last ``lines`` lines, if given);
+    with ``follow``, keep printing what is appended until ``stop()`` or an interrupt."""
+    path = str(log_path(log_dir, runner_id))
+    try:
+        f: BinaryIO = open(path, "rb")  # noqa: SIM115 - reopened on rotation
+    except OSError as exc:
+        reason = "no such file" if isinstance(exc, FileNotFoundError) else exc.strerror
+        print(
+            f"{prog}: error: no log of runner {runner_id!r} in {log_dir} ({path}: {reason})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def copy(src: BinaryIO) -> bool:
+        data = src.read(_BLOCK)
+        if data:
+            out.write(decoder.decode(data))
+        return bool(data)
+
+    try:
+        if lines is not None:
+            f.seek(_last_lines_offset(f, lines))
+        while copy(f):
+            pass
+        out.flush()
+        while follow and not stop():
+            if copy(f):
+                continue
+            out.flush()
+            if _rotated(f, path):
+                while copy(f):  # loguru closes a file before renaming it: this is its end
+                    pass
+                for name in _rotated_after(path, os.fstat(f.fileno()).st_ino):
+                    with contextlib.suppress(FileNotFoundError), open(name, "rb") as between:
+                        while copy(between):
+                            pass
+                try:
+                    new: BinaryIO = open(path, "rb")  # noqa: SIM115
+                except FileNotFoundError:
+                    time.sleep(poll)  # between the rename and the new file
+                    continue
+                f.close()
+                f = new
+                continue
+            if os.fstat(f.fileno()).st_size < f.tell():
+                f.seek(0)  # truncated in place
+            time.sleep(poll)
+        out.write(decoder.decode(b"", final=True))
+        out.flush()
+    finally:
+        f.close()
+    return EXIT_OK
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Print a runner's log file (see run --log-dir), and with -f follow it "
+        "across rotations until Ctrl-C.",
+    )
+    parser.add_argument("runner_id", metavar="RUNNER_ID", help="the runner's id (--runner-id)")
+    parser.add_argument(
+        "--log-dir",
+        default=".",
+        metavar="DIR",
+        help="the directory given to run --log-dir (default: the current directory)",
+    )
+    parser.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing lines as they are written"
+    )
+    parser.add_argument(
+        "-n",
+        "--lines",
+        type=_count,
+        metavar="N",
+        help="start with the last N lines (default: the whole current file)",
+    )
+    return parser
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def logs_main(argv: Sequence[str] | None = None, prog: str = "runner-supervisor logs") -> int:
+    """The ``logs`` subcommand: exit 0, 2 (bad usage, no such log), 130 (Ctrl-C while
+    following) or 141 (stdout closed, e.g. piped into head)."""
+    args = build_parser(prog).parse_args(argv)
+    try:
+        return tail(
+            args.runner_id, args.log_dir, args.follow, sys.stdout, lines=args.lines, prog=prog
+        )
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Python would complain again at exit, flushing the closed stdout.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE

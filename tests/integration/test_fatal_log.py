@@ -1,0 +1,119 @@
+"""Fatal output lines and per-runner log files, end to end with real runners.
+
+These need the supervisor's log hook: `RunnerSupervisor` hands each output line to
+`supervisor.logs.hook.output_hook` (through ``OutputCapture.on_line``) and a fatal
+line ends the runner with ``reason="fatal_log"``, ``detected_by="log"``. Marked
+``log_hook`` so that they can be selected while that wiring moves.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import anyio.to_thread
+import pytest
+
+from supervisor import RestartPolicy, RunnerSpec, SupervisorConfig
+from supervisor.logs.files import flush_log_files
+from supervisor.protocol import Generate, LoadModel, TaskStatus
+from tests.support.harness import supervised
+from tests.support.log_engines import ILLEGAL_ACCESS
+from tests.support.restart_harness import restarting
+
+pytestmark = [pytest.mark.anyio, pytest.mark.log_hook]
+
+FATAL = RunnerSpec(engine="tests.support.log_engines:FatalEngine")
+OOM_ONCE = RunnerSpec(engine="tests.support.log_engines:OomOnceEngine")
+STAMPED = re.compile(r"^\S+ (?P<stream>\S+) +inc=(?P<inc>\d+) pid=(?P<pid>\d+) \| (?P<text>.*)$")
+
+
+async def test_a_fatal_line_fails_a_wedged_runner_within_a_second() -> None:
+    # The heartbeat beats on and the prefill deadline is a minute away: only the line tells.
+    async with supervised(FATAL, SupervisorConfig()) as r:
+        await r.ready()
+        await r.sup.start_task(Generate(task_id="g", prompt="x", max_tokens=4))
+        await r.rec.wait_for(lambda: len(r.rec.chunks("g")) >= 1)
+        t0 = time.monotonic()
+        await r.rec.wait_for(lambda: bool(r.rec.failures()), within=10)
+        latency = r.rec.failure_time() - t0
+        await r.finished()
+    (failure,) = r.rec.failures()
+    assert failure.reason == "fatal_log"
+    assert failure.detected_by == "log"
+    assert "illegal memory access" in failure.error_message
+    assert failure.diagnostics[0] == ILLEGAL_ACCESS
+    assert latency < 1.0, f"failed {latency:.2f}s after the line"
+    assert r.rec.terminal("g") == [TaskStatus.Failed]
+
+
+async def test_an_out_of_memory_request_the_engine_handles_is_not_fatal() -> None:
+    async with supervised(OOM_ONCE, SupervisorConfig()) as r:
+        await r.ready()
+        await r.sup.start_task(Generate(task_id="big", prompt="x", max_tokens=4))
+        await r.rec.wait_for(lambda: bool(r.rec.terminal("big")))
+        await r.sup.start_task(Generate(task_id="small", prompt="x", max_tokens=4))
+        await r.rec.wait_for(lambda: bool(r.rec.terminal("small")))
+        assert any("CUDA out of memory" in line for line in r.sup._proc.output.tail)
+    assert r.rec.terminal("big") == [TaskStatus.Failed]
+    assert r.rec.terminal("small") == [TaskStatus.Complete]
+    assert r.rec.failures() == []
+
+
+async def test_without_the_defaults_only_the_deadline_catches_the_wedge() -> None:
+    config = SupervisorConfig(default_fatal_patterns=False, prefill_timeout=1.0, stop_grace=0.5)
+    async with supervised(FATAL, config) as r:
+        await r.ready()
+        await r.sup.start_task(Generate(task_id="g", prompt="x", max_tokens=4))
+        await r.finished(within=20)
+    (failure,) = r.rec.failures()
+    assert failure.reason == "stalled"
+    assert failure.detected_by == "progress"
+
+
+async def test_a_users_own_pattern_fails_the_runner() -> None:
+    config = SupervisorConfig(fatal_patterns=(r"engine loaded in pid \d+",))
+    async with supervised(FATAL, config) as r:
+        await r.sup.start_task(LoadModel(task_id="load"))
+        await r.finished()
+    (failure,) = r.rec.failures()
+    assert failure.reason == "fatal_log"
+    assert "pattern 'engine loaded in pid \\\\d+'" in failure.error_message
+    assert failure.diagnostics[0].startswith("engine loaded in pid ")
+
+
+async def test_a_runner_restarted_twice_leaves_one_file_with_three_incarnations(
+    tmp_path: Path,
+) -> None:
+    config = SupervisorConfig(log_dir=str(tmp_path), stop_grace=0.5)
+    policy = RestartPolicy(mode="on-failure", backoff_base=0.0)
+    pids: list[int] = []
+    async with restarting(FATAL, policy, config) as r:
+        for n in (1, 2, 3):
+            await r.ready(count=n)
+            current = r.sup.current
+            assert current is not None
+            pids.append(current.pid)
+            if n < 3:
+                await r.sup.start_task(Generate(task_id=f"g{n}", prompt="x", max_tokens=4))
+                await r.rec.wait_for(lambda n=n: len(r.rec.failures()) >= n, within=10)
+    assert await anyio.to_thread.run_sync(flush_log_files, 10.0)
+
+    rows = []
+    for raw in (tmp_path / "r1.log").read_text().splitlines():
+        m = STAMPED.match(raw)
+        assert m, f"unstamped line {raw!r}"
+        rows.append(m.groupdict())
+    for inc, pid in enumerate(pids, start=1):
+        mine = [row for row in rows if row["inc"] == str(inc)]
+        assert {row["pid"] for row in mine} == {str(pid)}, (inc, mine)
+        texts = [(row["stream"], row["text"]) for row in mine]
+        assert ("output", f"engine loaded in pid {pid}") in texts
+        assert any(s == "supervisor" and f"pid {pid}" in t for s, t in texts)
+        if inc < 3:
+            assert ("output", ILLEGAL_ACCESS) in texts
+            assert any(s == "supervisor" and "fatal_log" in t for s, t in texts)
+        else:
+            assert any(s == "supervisor" and "shut down" in t for s, t in texts)
+    assert [int(row["inc"]) for row in rows] == sorted(int(row["inc"]) for row in rows)
