@@ -12,10 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
-from loguru import Logger, logger
+from loguru import logger
 
 from supervisor.config import SupervisorConfig
 from supervisor.core.lifecycle import Notifier
@@ -36,6 +36,9 @@ from supervisor.protocol import (
     RunnerRunning,
     RunnerWarmingUp,
 )
+
+if TYPE_CHECKING:
+    from loguru import Logger
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import anyio
-from loguru import Logger, logger
+from loguru import logger
 
 from supervisor.config import SupervisorConfig
 from supervisor.core.detectors import EndCause
@@ -26,6 +27,9 @@ from supervisor.protocol import (
 )
 
 PROBE_PREFIX = f"{RESERVED_PREFIX}probe-"
+
+if TYPE_CHECKING:
+    from loguru import Logger
 
 
 class Prober:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import anyio
-from loguru import Logger, logger
+from loguru import logger
 
 from supervisor.config import SupervisorConfig
 from supervisor.core.channel import ChannelReader
@@ -41,6 +42,9 @@ from supervisor.protocol import (
     TaskStatusUpdated,
     TaskUndecodable,
 )
+
+if TYPE_CHECKING:
+    from loguru import Logger
 
 
 class Relay:
