@@ -65,9 +65,15 @@ class RunnerSupervisor:
         self.incarnation = incarnation
         self._proc = proc
         # Lines bound to a runner reach its log file (and are fields of JSON logs).
-        self._log = logger.bind(runner_id=runner_id, incarnation=incarnation, pid=proc.pid)
+        # (No pid bound: under a keeper the runner's own pid comes later; the file reads it.)
+        self._log = logger.bind(runner_id=runner_id, incarnation=incarnation)
         self._output_hook = output_hook(
-            config, runner_id, incarnation=incarnation, pid=proc.pid, on_fatal=self._fatal_line
+            config,
+            runner_id,
+            incarnation=incarnation,
+            # read from shared memory only: the writer thread calls this too
+            pid=lambda: proc.shared.runner_pid or proc.process_pid,
+            on_fatal=self._fatal_line,
         )
         if self._output_hook is not None:
             proc.output.on_line = self._output_hook.on_line
@@ -132,7 +138,14 @@ class RunnerSupervisor:
             proc=proc,
             incarnation=incarnation,
         )
-        sup._log.info("spawned runner {} (pid {}, engine {})", rid, proc.pid, spec.engine)
+        # The runner reports its own pid once it runs: this is the process started.
+        sup._log.info(
+            "spawned runner {} (process {}, containment {}, engine {})",
+            rid,
+            proc.process_pid,
+            proc.containment,
+            spec.engine,
+        )
         return sup
 
     # ---------------------------------------------------------------- read-only

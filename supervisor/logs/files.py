@@ -28,6 +28,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -45,7 +46,7 @@ TRUNCATED = " [... line truncated]"
 QUEUE_LINES = 10_000
 QUEUE_CHARS = 8 * 2**20
 #: A writer with no open file exits after this many idle seconds.
-IDLE_EXIT = 5.0
+IDLE_EXIT = 1.0
 #: After writing, the writer waits this long for more lines: it wakes (and takes the
 #: GIL from the event loop) a few times a second rather than once per line.
 LINGER = 0.05
@@ -213,15 +214,22 @@ class _Inbox:
 class RunnerLog:
     """One incarnation's writer into its runner's file. Nothing here blocks."""
 
-    def __init__(self, writer: LogWriter, runner_id: str, incarnation: int, pid: int) -> None:
+    def __init__(
+        self, writer: LogWriter, runner_id: str, incarnation: int, pid: int | Callable[[], int]
+    ) -> None:
         self.runner_id = runner_id
         self.incarnation = incarnation
-        self.pid = pid
+        # A callable: under a keeper the runner's own pid is known only once it reported.
+        self._pid = pid if callable(pid) else (lambda: pid)
         self.path = writer.path_for(runner_id)
         self.dropped = 0
         self.closed = False
         self._writer = writer
         self._key = str(self.path)
+
+    @property
+    def pid(self) -> int:
+        return self._pid()
 
     def write(self, stream: str, line: str) -> None:
         """Queue ``line``; drop (and count) it if the writer is behind."""
@@ -281,7 +289,7 @@ class LogWriter:
         runner_id: str,
         *,
         incarnation: int,
-        pid: int,
+        pid: int | Callable[[], int],
         rotation: str | None,
         retention: int | None,
         compression: str | None = None,
@@ -471,7 +479,7 @@ def open_runner_log(
     runner_id: str,
     *,
     incarnation: int,
-    pid: int,
+    pid: int | Callable[[], int],
     rotation: str | None,
     retention: int | None,
     compression: str | None = None,

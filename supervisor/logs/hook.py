@@ -51,7 +51,7 @@ def output_hook(
     runner_id: str,
     *,
     incarnation: int,
-    pid: int,
+    pid: int | Callable[[], int],
     on_fatal: OnFatal,
 ) -> OutputHook | None:
     matcher = fatal_matcher(config.fatal_patterns, config.default_fatal_patterns)
