@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from loguru import logger
 
 from supervisor.logs import files
+from supervisor.logs import writer as writer_module
 from supervisor.logs.files import (
     MAX_LINE_CHARS,
     TRUNCATED,
@@ -222,7 +223,7 @@ def test_supervisor_lines_bound_to_a_runner_reach_its_file(tmp_path: Path) -> No
 def test_an_idle_writer_with_no_files_goes_away(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(files, "IDLE_EXIT", 0.05)
+    monkeypatch.setattr(writer_module, "IDLE_EXIT", 0.05)
     log = open_log(tmp_path)
     writer = files._writers[str(tmp_path)]
     log.close()
@@ -268,7 +269,7 @@ def test_dropped_lines_are_a_process_wide_counter_in_the_metrics(tmp_path: Path)
     assert exported() == before
     os.mkfifo(tmp_path / "r1.log")  # a writer that blocks, as on a hung disk
     log = open_log(tmp_path)
-    for i in range(files.QUEUE_LINES * 2 + 1000):
+    for i in range(writer_module.QUEUE_LINES * 2 + 1000):
         log.write("output", f"line {i}")
     assert log.dropped >= 1000
     assert files.dropped_lines() == before + log.dropped
