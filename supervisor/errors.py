@@ -47,6 +47,10 @@ class SupervisorClosedError(SupervisorError):
     """The supervisor is shut down, shutting down, or finished: no new tasks."""
 
 
+class ContainmentUnavailableError(SupervisorError):
+    """The containment asked for (``SupervisorConfig.containment``) cannot be had here."""
+
+
 class DuplicateTaskError(ValueError):
     """A task id that is already pending, in progress or recently finished was submitted."""
 
@@ -56,6 +60,7 @@ class ReservedTaskIdError(ValueError):
 
 
 __all__ = [
+    "ContainmentUnavailableError",
     "DuplicateTaskError",
     "ReservedTaskIdError",
     "RunnerFailedError",

@@ -56,6 +56,15 @@ def check_run_args(args: argparse.Namespace) -> str | None:
         resolve_engine(args.engine)
     except Exception as exc:  # noqa: BLE001 - any import error is the user's engine path
         return f"--engine {args.engine}: {type(exc).__name__}: {exc}".splitlines()[0]
+    containment = getattr(args, "cfg_containment", None)
+    if containment is not None:
+        from supervisor.core.containment import choose
+        from supervisor.errors import ContainmentUnavailableError
+
+        try:
+            choose(containment)
+        except ContainmentUnavailableError as exc:
+            return f"--containment {containment}: {exc}"
     if args.stdin:
         try:
             os.fstat(0)

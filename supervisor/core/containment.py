@@ -22,12 +22,9 @@ from typing import Literal
 from loguru import logger
 
 from supervisor.core.cgroups import Delegation, RunnerCgroup, enable_memory, find_delegation
+from supervisor.errors import ContainmentUnavailableError
 
 Layer = Literal["cgroup", "keeper", "group"]
-
-
-class ContainmentUnavailableError(RuntimeError):
-    """The configured containment cannot be had on this host."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,8 +149,10 @@ class Detectors:
                 continue
             self.resources = sample
             if limit is not None and sample.rss > limit:
+                tree = f" and {sample.descendants} descendants" if sample.descendants else ""
                 message = (
-                    f"RSS {sample.rss / 2**20:.0f} MiB exceeds memory_limit {limit / 2**20:.0f} MiB"
+                    f"memory of the runner{tree} {sample.rss / 2**20:.0f} MiB exceeds "
+                    f"memory_limit {limit / 2**20:.0f} MiB"
                 )
                 self._end(EndCause(detected_by="poll", reason="memory_limit", message=message))
                 return

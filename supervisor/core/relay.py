@@ -18,7 +18,7 @@ import anyio
 from loguru import logger
 
 from supervisor.config import SupervisorConfig
-from supervisor.core.channel import ChannelReader
+from supervisor.core.channel import ChannelReader, FrameError
 from supervisor.core.detectors import EndCause, Phase, phase_deadline
 from supervisor.core.host_stream import HostStream
 from supervisor.core.lifecycle import Notifier
@@ -96,7 +96,12 @@ class Relay:
         try_send = self._host.try_send
         probes = self._prober.outstanding  # mutated in place, never replaced
         while True:
-            messages = await reader.receive()
+            try:
+                messages = await reader.receive()
+            except FrameError as exc:  # the runner's fault, not ours: it is failed for it
+                message = f"runner sent an undecodable event: {exc}"
+                self._end(EndCause(detected_by="channel", reason="crashed", message=message))
+                return
             for msg in messages:
                 # The hot path, one per token: no bookkeeping to do, no coroutine frames.
                 if (

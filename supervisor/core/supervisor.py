@@ -379,6 +379,9 @@ class RunnerSupervisor:
             # faulthandler writes from the signal handler at once; 0.15 s is slack.
             await proc.output.drain(0.15)
             notes.append(verdict.stack_dump_note(cause))
+        killed = proc.descendants()  # what dies with it: a tokenizer pool, a compile worker
+        if killed:
+            notes.append(verdict.descendants_note(killed))
         await self._relay.report_failure(
             verdict.live_failure(
                 cause, proc.output, cfg.diagnostics_lines, [*cause.evidence, *notes]

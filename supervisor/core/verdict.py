@@ -39,6 +39,13 @@ def stack_dump_note(cause: EndCause) -> str:
     return f"stack dump requested (SIGUSR1) after: {cause.message}"
 
 
+def descendants_note(killed: Sequence[tuple[int, str]], most: int = 12) -> str:
+    """The diagnostics line naming the processes the runner started that die with it."""
+    shown = ", ".join(f"{pid} {name}" for pid, name in killed[:most])
+    more = f" and {len(killed) - most} more" if len(killed) > most else ""
+    return f"killed with it: {shown}{more}"
+
+
 def live_failure(
     cause: EndCause, output: OutputCapture, limit: int, notes: Sequence[str] = ()
 ) -> RunnerFailed:

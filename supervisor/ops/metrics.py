@@ -60,7 +60,20 @@ class _LiveCollector(Collector):
             labels=["runner_id"],
         )
         rss = GaugeMetricFamily(
-            f"{PREFIX}_rss_bytes", "Resident memory of the runner process", labels=["runner_id"]
+            f"{PREFIX}_rss_bytes",
+            "Memory of the runner's process tree (the runner's RSS plus its descendants' "
+            "unshared memory, or the cgroup's memory.current), as memory_limit sees it",
+            labels=["runner_id"],
+        )
+        descendants = GaugeMetricFamily(
+            f"{PREFIX}_descendants",
+            "Processes the runner started that are alive (tokenizer pools, compile workers)",
+            labels=["runner_id"],
+        )
+        containment = GaugeMetricFamily(
+            f"{PREFIX}_containment",
+            "1 for the layer that holds the runner's process tree (cgroup, keeper or group)",
+            labels=["runner_id", "layer"],
         )
         in_flight = GaugeMetricFamily(
             f"{PREFIX}_tasks_in_flight",
@@ -86,13 +99,17 @@ class _LiveCollector(Collector):
                 heartbeat.add_metric([rid], h.heartbeat_age)
             if h.rss is not None:
                 rss.add_metric([rid], float(h.rss))
+            if h.descendants is not None:
+                descendants.add_metric([rid], float(h.descendants))
+            if h.containment is not None:
+                containment.add_metric([rid, h.containment], 1.0)
             in_flight.add_metric([rid, "pending"], float(h.pending))
             in_flight.add_metric([rid, "in_progress"], float(h.in_progress))
             for name in ALL_PHASES:
                 phase.add_metric([rid, name], 1.0 if h.phase == name else 0.0)
             ready.add_metric([rid], 1.0 if h.phase in ("ready", "running") else 0.0)
             incarnation.add_metric([rid], float(h.incarnation))
-        yield from (heartbeat, rss, in_flight, phase, ready, incarnation)
+        yield from (heartbeat, rss, descendants, containment, in_flight, phase, ready, incarnation)
         yield CounterMetricFamily(
             f"{PREFIX}_log_lines_dropped",
             "Runner log-file lines dropped because the writer fell behind (slow or full disk), "

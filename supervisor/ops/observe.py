@@ -31,6 +31,10 @@ class RunnerHealth:
     retry_after: float | None = None
     #: why it gave up; our own words, never a traceback
     gave_up_reason: str | None = None
+    #: what holds the runner's process tree: "cgroup", "keeper" or "group"
+    containment: str | None = None
+    #: processes the runner started that are alive (its tree, the runner excluded)
+    descendants: int | None = None
 
 
 class HealthSource(Protocol):

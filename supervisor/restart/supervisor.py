@@ -191,6 +191,8 @@ class RestartingSupervisor:
             in_progress=len(self.in_progress),
             retry_after=self.retry_after,
             gave_up_reason=self.gave_up_reason,
+            containment=None if self.current is None else self.current.containment,
+            descendants=None if rss is None else rss.descendants,
         )
 
     def health_snapshots(self) -> Sequence[RunnerHealth]:

@@ -122,6 +122,9 @@ async def test_failure_of_a_live_runner_kills_its_tree(tmp_path: Path) -> None:
     (failure,) = r.rec.failures()
     assert failure.reason == "unresponsive"
     assert left == []
+    # the diagnostics name what died with the runner
+    (killed,) = [line for line in failure.diagnostics if line.startswith("killed with it: ")]
+    assert all(str(pid) in killed for pid in tree if pid != r.sup.pid)
 
 
 async def test_group_containment_is_the_old_behaviour(tmp_path: Path) -> None:
@@ -170,6 +173,7 @@ async def test_memory_limit_counts_the_tree(tmp_path: Path) -> None:
             _kill_all(tree)
     (failure,) = r.rec.failures()
     assert failure.reason == "memory_limit", failure
+    assert "descendants" in failure.error_message, failure.error_message
     assert left == []
 
 

@@ -187,6 +187,8 @@ async def test_metrics_parse_and_count_failures_restarts_latency_and_tasks() -> 
     assert s[("runner_supervisor_incarnation", rid)] == 2.0
     assert s[("runner_supervisor_phase", (("phase", "ready"), ("runner_id", "r1")))] == 1.0
     assert s[("runner_supervisor_rss_bytes", rid)] > 1_000_000
+    assert s[("runner_supervisor_descendants", rid)] == 0  # the echo engine starts none
+    assert s[("runner_supervisor_containment", (("layer", "keeper"), ("runner_id", "r1")))] == 1
     assert 0 <= s[("runner_supervisor_heartbeat_age_seconds", rid)] < 5
     assert (
         s[("runner_supervisor_tasks_in_flight", (("runner_id", "r1"), ("state", "pending")))] == 0

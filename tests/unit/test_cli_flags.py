@@ -32,6 +32,7 @@ HUGE = "9" * 400
         ["--engine", "nope"],
         ["--engine", "no_such_module_here:Engine"],
         ["--engine", "os:no_such_attr"],
+        ["--containment", "sometimes"],
     ],
 )
 def test_bad_flag_values_are_one_line_usage_errors(
