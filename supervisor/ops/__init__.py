@@ -1,1 +1,1 @@
-"""ops."""
+"""What the outside sees: phases, health endpoints, metrics, systemd notifications."""

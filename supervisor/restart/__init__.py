@@ -1,1 +1,1 @@
-"""restart."""
+"""Keeping a runner id served: restarts under a policy, groups, recycling, replacement."""
