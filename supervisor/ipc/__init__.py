@@ -1,1 +1,1 @@
-"""Parent-runner plumbing with the standard library only: the only supervisor code a runner imports."""
+"""Parent-runner plumbing, standard library only: the supervisor code a runner imports."""
