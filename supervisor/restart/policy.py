@@ -10,11 +10,14 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
 RestartMode: TypeAlias = Literal["never", "on-failure", "always"]
 RESTART_MODES: tuple[RestartMode, ...] = ("never", "on-failure", "always")
+#: RSS must read above ``max_rss`` this many poll samples in a row before a recycle,
+#: so that one allocation spike (a large batch) does not replace a healthy runner.
+RSS_RECYCLE_SAMPLES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,34 @@ class RestartPolicy:
     requeue_unacknowledged: bool = False
     ready_wait: float = 120.0
     prespawn: bool = False
+    max_tasks: int | None = field(
+        default=None,
+        metadata={
+            "help": "recycle the runner (a graceful replacement, no task fails) after it "
+            "finished this many tasks; None: never"
+        },
+    )
+    max_tasks_jitter: int = field(
+        default=0,
+        metadata={
+            "help": "add a random 0..N to max_tasks per incarnation, so that runners "
+            "started together are not all recycled at once"
+        },
+    )
+    max_rss: int | None = field(
+        default=None,
+        metadata={
+            "help": "recycle the runner once its RSS (bytes) read above this for "
+            f"{RSS_RECYCLE_SAMPLES} poll samples in a row; None: never"
+        },
+    )
+    drain_timeout: float = field(
+        default=30.0,
+        metadata={
+            "help": "seconds a replaced runner gets to finish its in-flight tasks before "
+            "they fail and it is stopped (recycling, replace())"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.mode not in RESTART_MODES:
@@ -85,6 +116,14 @@ class RestartPolicy:
             raise ValueError("RestartPolicy.max_restarts must be >= 0")
         if self.crash_loop_threshold < 1:
             raise ValueError("RestartPolicy.crash_loop_threshold must be >= 1")
+        if self.max_tasks is not None and self.max_tasks < 1:
+            raise ValueError("RestartPolicy.max_tasks must be >= 1 or None")
+        if self.max_tasks_jitter < 0:
+            raise ValueError("RestartPolicy.max_tasks_jitter must be >= 0")
+        if self.max_rss is not None and self.max_rss <= 0:
+            raise ValueError("RestartPolicy.max_rss must be > 0 bytes or None")
+        if not (self.drain_timeout >= 0 and math.isfinite(self.drain_timeout)):
+            raise ValueError("RestartPolicy.drain_timeout must be a finite number >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +146,15 @@ class Stop:
     """The incarnation ended cleanly and the policy does not restart clean exits."""
 
 
-Decision: TypeAlias = Restart | GiveUp | Stop
+@dataclass(frozen=True, slots=True)
+class Replace:
+    """The incarnation is being replaced on purpose (``reason``: ``"replace"``,
+    ``"recycle"``): a new one follows at once, outside the restart budget."""
+
+    reason: str
+
+
+Decision: TypeAlias = Restart | GiveUp | Stop | Replace
 
 
 class RestartTracker:
@@ -185,7 +232,9 @@ class RestartTracker:
 __all__ = [
     "RESTART_MODES",
     "Decision",
+    "RSS_RECYCLE_SAMPLES",
     "GiveUp",
+    "Replace",
     "Restart",
     "RestartMode",
     "RestartPolicy",
