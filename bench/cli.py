@@ -22,7 +22,7 @@ from bench.common import SUPERVISOR_LOG, Mode, progress, quiet_supervisor_logs
 from bench.report import Section, machine_info, render_report, render_table
 
 #: Benchmark modules in run order (each has ``run(mode) -> Section``).
-BENCHMARKS = ("forwarding", "death", "freeze", "mttr", "scale", "memory", "embeddings")
+BENCHMARKS = ("forwarding", "death", "freeze", "mttr", "scale", "memory", "embeddings", "fleet")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -200,20 +200,11 @@ class RestartingSupervisor(RestartingView):
         return DONE
 
     async def replace(self, *, drain_timeout: float | None = None) -> None:
-        """Replace the runner with a new incarnation without losing a task.
-
-        New tasks wait for the new incarnation; tasks in flight on the old one get
-        ``drain_timeout`` seconds (default ``policy.drain_timeout``) to finish, then
-        fail with a clear error. With ``policy.prespawn`` the new incarnation starts
-        at once, otherwise once the old one has drained and stopped. Returns once the
-        old one has stopped and a new one is Ready. A call while a replacement is under
-        way joins it; while the runner is (re)starting, that start is the replacement.
-        A group member is replaced with the members its strategy names.
-
-        Raises `RunnerUnavailableError` if the policy gives up before a new incarnation
-        is Ready, `SupervisorClosedError` if shut down first. Cancelling the caller
-        does not stop the replacement.
-        """
+        """Replace the runner with a new incarnation without losing a task (the order:
+        `supervisor.restart.replace`; semantics: docs/groups.md). Returns once the old
+        incarnation has stopped and a new one is Ready; a call during a replacement
+        joins it. `RunnerUnavailableError` if the policy gives up first,
+        `SupervisorClosedError` if shut down. Cancelling the caller does not stop it."""
         if self.group is not None:
             await self.group.replace(self, drain_timeout=drain_timeout)
         else:

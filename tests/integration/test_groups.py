@@ -168,6 +168,7 @@ async def test_ordered_start_readiness_and_remove_group() -> None:
         status, _, body = app.readyz()
         assert status == 200
         assert b"first ready group=g\n" in body
+        assert b'runner_supervisor_group_ready{group="g"} 1.0' in app.render_metrics()[2]
         # Ordered: the second member's process started only after the first was Ready.
         events = [e for _, e in rec.events if isinstance(e, RunnerStatusUpdated)]
         first_ready = next(
@@ -185,6 +186,7 @@ async def test_ordered_start_readiness_and_remove_group() -> None:
         os.kill(node["second"].pid or 0, signal.SIGKILL)
         await rec.wait_for(lambda: bool(rec.of(GroupRestarting)))
         assert app.readyz()[0] == 503
+        assert b'runner_supervisor_group_ready{group="g"} 0.0' in app.render_metrics()[2]
         await rec.wait_for(lambda: all_ready(rec, ids, 2), within=120)
         assert app.readyz()[0] == 200
         with pytest.raises(ValueError, match="member of group 'g'"):
