@@ -65,29 +65,29 @@ class RestartPolicy:
     max_tasks: int | None = field(
         default=None,
         metadata={
-            "help": "recycle the runner (a graceful replacement, no task fails) after it "
-            "finished this many tasks; None: never"
+            "help": "replace the runner gracefully (no task fails) once it has finished "
+            "this many tasks; unset: never"
         },
     )
     max_tasks_jitter: int = field(
         default=0,
         metadata={
-            "help": "add a random 0..N to max_tasks per incarnation, so that runners "
-            "started together are not all recycled at once"
+            "help": "add a random 0..N to `max_tasks` per runner process, so that runners "
+            "started together are not recycled together"
         },
     )
     max_rss: int | None = field(
         default=None,
         metadata={
-            "help": "recycle the runner once its RSS (bytes) read above this for "
-            f"{RSS_RECYCLE_SAMPLES} poll samples in a row; None: never"
+            "help": "replace the runner gracefully once its RSS stays above this for "
+            f"{RSS_RECYCLE_SAMPLES} poll samples in a row; unset: never"
         },
     )
     drain_timeout: float = field(
         default=30.0,
         metadata={
-            "help": "seconds a replaced runner gets to finish its in-flight tasks before "
-            "they fail and it is stopped (recycling, replace())"
+            "help": "seconds a replaced or recycled runner gets to finish its tasks in "
+            "flight; then they fail and it is stopped"
         },
     )
 
