@@ -34,6 +34,7 @@ BENCHMARKS = (
     "memory",
     "containment",
     "embeddings",
+    "fleet",
 )
 
 

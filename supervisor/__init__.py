@@ -22,12 +22,18 @@ from supervisor.errors import (
 if TYPE_CHECKING:
     from supervisor.core.liveness import ResourceSample
     from supervisor.core.supervisor import RunnerSupervisor
-    from supervisor.node import RunnerNode, UnknownRunnerError
+    from supervisor.node import RunnerNode, UnknownGroupError, UnknownRunnerError
     from supervisor.ops.health import serve_health
     from supervisor.ops.metrics import SupervisorMetrics
     from supervisor.ops.observe import RunnerHealth
     from supervisor.ops.sdnotify import SdNotifier, run_sd_notify
-    from supervisor.restart.events import RunnerRestarting, SupervisorGaveUp
+    from supervisor.restart.events import (
+        GroupGaveUp,
+        GroupRestarting,
+        RunnerRestarting,
+        SupervisorGaveUp,
+    )
+    from supervisor.restart.group import RestartGroup
     from supervisor.restart.policy import RestartPolicy, RestartTracker
     from supervisor.restart.supervisor import RestartingSupervisor
 
@@ -39,8 +45,12 @@ _LAZY = {
     "RestartTracker": "supervisor.restart.policy",
     "RunnerRestarting": "supervisor.restart.events",
     "SupervisorGaveUp": "supervisor.restart.events",
+    "GroupRestarting": "supervisor.restart.events",
+    "GroupGaveUp": "supervisor.restart.events",
+    "RestartGroup": "supervisor.restart.group",
     "RunnerNode": "supervisor.node",
     "UnknownRunnerError": "supervisor.node",
+    "UnknownGroupError": "supervisor.node",
     "RunnerHealth": "supervisor.ops.observe",
     # these two need the `health` extra (prometheus-client, h11)
     "SupervisorMetrics": "supervisor.ops.metrics",
@@ -59,8 +69,11 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DuplicateTaskError",
+    "GroupGaveUp",
+    "GroupRestarting",
     "ReservedTaskIdError",
     "ResourceSample",
+    "RestartGroup",
     "RestartPolicy",
     "RestartTracker",
     "RestartingSupervisor",
@@ -77,6 +90,7 @@ __all__ = [
     "SupervisorError",
     "SupervisorGaveUp",
     "SupervisorMetrics",
+    "UnknownGroupError",
     "UnknownRunnerError",
     "run_sd_notify",
     "serve_health",

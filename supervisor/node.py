@@ -3,7 +3,9 @@
 One event stream for all of them (events carry their runner id, or a task id the
 host chose), runners added and removed while the node runs, and isolation: each
 runner is its own `RestartingSupervisor` in its own task, guarded so that one
-runner's failure (or a bug in its supervision) never touches the others.
+runner's failure (or a bug in its supervision) never touches the others, unless
+they were added together as a group (`add_group`): then they fail and restart
+together under the group's strategy and budget (`supervisor.restart.group`).
 """
 
 from __future__ import annotations
@@ -19,15 +21,21 @@ from loguru import logger
 from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.core.done import DONE, Done
 from supervisor.core.lifecycle import StateMachine
-from supervisor.errors import SupervisorClosedError
+from supervisor.errors import SupervisorClosedError, SupervisorError
 from supervisor.ops.observe import RunnerHealth, SupervisorObserver
 from supervisor.protocol import BaseEvent, BaseTask
+from supervisor.restart.group import RestartGroup
 from supervisor.restart.policy import RestartPolicy
+from supervisor.restart.strategy import StartMode, Strategy
 from supervisor.restart.supervisor import RestartingSupervisor
 
 
 class UnknownRunnerError(KeyError):
     """No runner with that id in this node."""
+
+
+class UnknownGroupError(KeyError):
+    """No group with that id in this node."""
 
 
 class NodeState(enum.Enum):
@@ -67,12 +75,19 @@ class RunnerNode:
         config: SupervisorConfig | None = None,
         policy: RestartPolicy | None = None,
         observers: Sequence[SupervisorObserver] = (),
+        min_ready: int | None = None,
     ) -> None:
+        if min_ready is not None and min_ready < 1:
+            raise ValueError("min_ready must be >= 1 (or None: every runner)")
+        #: how many runners must be Ready for the node to be ready (/readyz); None: all.
+        #: A group member counts only while its whole group is Ready.
+        self.min_ready = min_ready
         self._events = event_sender
         self.default_config = config or SupervisorConfig()
         self.default_policy = policy or RestartPolicy()
         self._observers: list[SupervisorObserver] = list(observers)
         self._runners: dict[str, RestartingSupervisor] = {}
+        self._groups: dict[str, RestartGroup] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._waiting: list[RestartingSupervisor] = []  # added before run()
         self._life = StateMachine(NodeState.CREATED, TRANSITIONS)
@@ -96,36 +111,166 @@ class RunnerNode:
         policy: RestartPolicy | None = None,
     ) -> RestartingSupervisor:
         """Start supervising a new runner (now if the node runs, else when it starts)."""
+        self._check_new([runner_id])
+        runner = self._add(runner_id, spec, config, policy or self.default_policy, None)
+        self._start(runner)
+        return runner
+
+    def _check_new(self, runner_ids: Sequence[str]) -> None:
         if self._life.state not in (_N.CREATED, _N.RUNNING):
             raise SupervisorClosedError("the node is shutting down; no new runners")
-        if not runner_id:
-            raise ValueError("runner_id must be a non-empty string")
-        if runner_id in self._runners:
-            raise ValueError(f"runner {runner_id!r} already exists in this node")
+        if len(set(runner_ids)) != len(runner_ids):
+            raise ValueError("runner ids must be distinct")
+        for runner_id in runner_ids:
+            if not runner_id or not isinstance(runner_id, str):
+                raise ValueError("runner_id must be a non-empty string")
+            if runner_id in self._runners:
+                raise ValueError(f"runner {runner_id!r} already exists in this node")
+
+    def _add(
+        self,
+        runner_id: str,
+        spec: RunnerSpec | None,
+        config: SupervisorConfig | None,
+        policy: RestartPolicy,
+        group: RestartGroup | None,
+    ) -> RestartingSupervisor:
         runner = RestartingSupervisor(
             spec=spec or RunnerSpec(),
             event_sender=self._events,
             config=config or self.default_config,
-            policy=policy or self.default_policy,
+            policy=policy,
             runner_id=runner_id,
             observers=self._observers,
+            group=group,
         )
+        if group is not None:
+            group.add(runner)
         self._runners[runner_id] = runner
+        return runner
+
+    def _start(self, runner: RestartingSupervisor) -> None:
         if self._tg is None:
             self._waiting.append(runner)
         else:
-            self._tg.start_soon(self._supervise, runner, name=f"runner {runner_id}")
-        return runner
+            self._tg.start_soon(self._supervise, runner, name=f"runner {runner.runner_id}")
 
     async def remove_runner(self, runner_id: str) -> None:
         """Shut ``runner_id`` down gracefully, wait for its end, and forget it."""
         runner = self[runner_id]
-        runner.shutdown()
-        if runner in self._waiting:
-            self._waiting.remove(runner)
-        elif runner.started:
-            await runner.wait_finished()
-        self._runners.pop(runner_id, None)
+        if runner.group is not None:
+            raise ValueError(
+                f"runner {runner_id!r} is a member of group {runner.group.group_id!r}; "
+                "remove the group"
+            )
+        await self._remove([runner])
+
+    async def _remove(self, runners: Sequence[RestartingSupervisor]) -> None:
+        for runner in runners:
+            runner.shutdown()
+            if runner in self._waiting:
+                self._waiting.remove(runner)
+        for runner in runners:
+            if runner.started:
+                await runner.wait_finished()
+            self._runners.pop(runner.runner_id, None)
+
+    # ----------------------------------------------------------------- groups
+    @property
+    def groups(self) -> Mapping[str, RestartGroup]:
+        return dict(self._groups)
+
+    def group(self, group_id: str) -> RestartGroup:
+        try:
+            return self._groups[group_id]
+        except KeyError:
+            raise UnknownGroupError(group_id) from None
+
+    def add_group(
+        self,
+        group_id: str,
+        members: Mapping[str, RunnerSpec | None],
+        *,
+        strategy: Strategy = "one_for_all",
+        policy: RestartPolicy | None = None,
+        config: SupervisorConfig | None = None,
+        start: StartMode = "parallel",
+    ) -> RestartGroup:
+        """Supervise ``members`` (runner id -> spec, in rank order) as one group.
+
+        ``strategy``: who restarts when a member fails (``one_for_all``,
+        ``rest_for_one``: it and the members after it, ``one_for_one``: it alone);
+        every strategy counts restarts under one budget for the group (``policy``).
+        ``start``: members start at once (``parallel``) or each once the ones
+        before it are Ready (``ordered``). Members stay runners of this node:
+        ``node[runner_id]``, ``start_task``, ``cancel_task``, their own events.
+        """
+        if group_id in self._groups:
+            raise ValueError(f"group {group_id!r} already exists in this node")
+        ids = list(members)
+        if not ids:
+            raise ValueError("a group needs at least one member")
+        self._check_new(ids)
+        policy = policy or self.default_policy
+        group = RestartGroup(group_id, strategy=strategy, start=start, policy=policy)
+        runners = [self._add(rid, members[rid], config, policy, group) for rid in ids]
+        self._groups[group_id] = group
+        for runner in runners:
+            self._start(runner)
+        return group
+
+    async def remove_group(self, group_id: str) -> None:
+        """Shut every member of ``group_id`` down gracefully, wait, and forget them."""
+        group = self.group(group_id)
+        await self._remove(list(group.members.values()))
+        self._groups.pop(group_id, None)
+
+    # ------------------------------------------------------------ replacing
+    async def replace_runner(self, runner_id: str, *, drain_timeout: float | None = None) -> None:
+        """Replace ``runner_id`` without losing a task (`RestartingSupervisor.replace`).
+        A group member is replaced with the members its group's strategy names."""
+        await self[runner_id].replace(drain_timeout=drain_timeout)
+
+    async def replace_group(self, group_id: str, *, drain_timeout: float | None = None) -> None:
+        """Replace every member of ``group_id`` (ranks restart together unless prespawn)."""
+        await self.group(group_id).replace(drain_timeout=drain_timeout)
+
+    async def rolling_replace(
+        self, *, max_unavailable: int = 1, drain_timeout: float | None = None
+    ) -> None:
+        """Replace every runner and group, at most ``max_unavailable`` at a time.
+
+        A group counts as one. Runners that gave up or stopped are skipped. The first
+        replacement that fails (its runner gave up or was shut down) stops the roll:
+        no further one starts, those under way finish, and its error is raised.
+        """
+        if max_unavailable < 1:
+            raise ValueError("max_unavailable must be >= 1")
+        units: list[RestartingSupervisor | RestartGroup] = []
+        for runner in list(self._runners.values()):
+            unit = runner if runner.group is None else runner.group
+            if unit not in units and not runner.gave_up and not runner.finished:
+                units.append(unit)
+        slots = anyio.Semaphore(max_unavailable)
+        errors: list[BaseException] = []
+
+        async def one(unit: RestartingSupervisor | RestartGroup) -> None:
+            try:
+                await unit.replace(drain_timeout=drain_timeout)
+            except SupervisorError as exc:
+                errors.append(exc)
+            finally:
+                slots.release()
+
+        async with anyio.create_task_group() as tg:
+            for unit in units:
+                await slots.acquire()
+                if errors:
+                    slots.release()
+                    break
+                tg.start_soon(one, unit)
+        if errors:
+            raise errors[0]
 
     async def start_task(
         self, runner_id: str, task: BaseTask, *, within: float | None = None
@@ -187,4 +332,4 @@ class RunnerNode:
             runner.shutdown()
 
 
-__all__ = ["NodeState", "RunnerNode", "UnknownRunnerError"]
+__all__ = ["NodeState", "RunnerNode", "UnknownGroupError", "UnknownRunnerError"]

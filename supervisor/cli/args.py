@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from supervisor.cli.fields import (
+    COUNT,
     NUMBER,
     SIZE,
     FlagSet,
@@ -41,7 +42,12 @@ POLICY_FLAGS = FlagSet(
     # runner as long as the supervisor's own deadlines and the policy let it live:
     # nothing else would serve them.
     defaults={"mode": "never", "ready_wait": math.inf},
-    value_types={"backoff_factor": NUMBER, "jitter": NUMBER},
+    value_types={
+        "backoff_factor": NUMBER,
+        "jitter": NUMBER,
+        "max_tasks": COUNT,
+        "max_rss": SIZE,
+    },
 )
 
 EPILOG = f"""\

@@ -8,9 +8,10 @@ no framework. Binds 127.0.0.1 unless told otherwise.
   runner is permanently failed (the restart policy gave up). Reads a few
   attributes; no work, no system calls. A wedged event loop does not answer at
   all, which is what a liveness probe should see.
-- ``/readyz`` (readiness): 200 only when every runner is Ready or Running. 503
-  with ``Retry-After`` while starting, loading, warming up or restarting; 503
-  without it once shutting down, stopped or given up.
+- ``/readyz`` (readiness): 200 only when every runner is Ready or Running (or
+  the source's ``min_ready`` of them; a group member counts only while its whole
+  group is ready). 503 with ``Retry-After`` while starting, loading, warming up or
+  restarting; 503 without it once shutting down, stopped or given up.
 - ``/metrics``: Prometheus text format from `SupervisorMetrics`.
 
 GET and HEAD are served on every path (HEAD: same headers, no body); other
@@ -40,7 +41,7 @@ from loguru import logger
 
 from supervisor.ops.escape import printable
 from supervisor.ops.metrics import SupervisorMetrics
-from supervisor.ops.observe import HealthSource, RunnerHealth
+from supervisor.ops.observe import HealthSource, RunnerHealth, is_ready, min_ready_of
 from supervisor.ops.phases import NO_RETRY_PHASES, PERMANENT_PHASES, READY_PHASES
 
 #: Seconds a client gets to send a whole request (however slowly its bytes trickle
@@ -90,8 +91,12 @@ class HealthApp:
 
     def readyz(self) -> Response:
         snaps = self.source.health_snapshots()
-        body = "".join(f"{printable(h.runner_id)} {h.phase}\n" for h in snaps).encode()
-        if snaps and all(h.phase in READY_PHASES for h in snaps):
+        body = "".join(
+            f"{printable(h.runner_id)} {h.phase}"
+            + (f" group={printable(h.group)}\n" if h.group else "\n")
+            for h in snaps
+        ).encode()
+        if is_ready(snaps, min_ready_of(self.source)):
             return 200, [("content-type", _TEXT)], b"ready\n" + body
         headers = [("content-type", _TEXT)]
         retry = retry_after(snaps)

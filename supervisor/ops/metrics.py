@@ -36,7 +36,7 @@ from prometheus_client.registry import Collector
 
 from supervisor.logs.files import dropped_lines
 from supervisor.ops.escape import printable
-from supervisor.ops.observe import HealthSource, RunnerHealth
+from supervisor.ops.observe import HealthSource, RunnerHealth, ready_runners
 from supervisor.ops.phases import ALL_PHASES
 from supervisor.protocol import RunnerFailed, TaskStatus
 
@@ -93,7 +93,20 @@ class _LiveCollector(Collector):
             "Number of the runner's current incarnation",
             labels=["runner_id"],
         )
-        for h in self._snapshots():
+        group_ready = GaugeMetricFamily(
+            f"{PREFIX}_group_ready",
+            "1 if every member of the restart group takes tasks",
+            labels=["group"],
+        )
+        snaps = list(self._snapshots())
+        ready_ids = {h.runner_id for h in ready_runners(snaps)}
+        groups: dict[str, bool] = {}
+        for h in snaps:
+            if h.group is not None:
+                groups[h.group] = groups.get(h.group, True) and h.runner_id in ready_ids
+        for name, is_ready in groups.items():
+            group_ready.add_metric([printable(name)], 1.0 if is_ready else 0.0)
+        for h in snaps:
             rid = printable(h.runner_id)
             if h.heartbeat_age is not None:
                 heartbeat.add_metric([rid], h.heartbeat_age)
@@ -110,6 +123,7 @@ class _LiveCollector(Collector):
             ready.add_metric([rid], 1.0 if h.phase in ("ready", "running") else 0.0)
             incarnation.add_metric([rid], float(h.incarnation))
         yield from (heartbeat, rss, descendants, containment, in_flight, phase, ready, incarnation)
+        yield group_ready
         yield CounterMetricFamily(
             f"{PREFIX}_log_lines_dropped",
             "Runner log-file lines dropped because the writer fell behind (slow or full disk), "

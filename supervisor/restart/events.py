@@ -14,15 +14,26 @@ from dataclasses import dataclass
 
 from supervisor.protocol import BaseEvent, RunnerFailed
 
+#: Why a new incarnation starts (`RunnerRestarting.reason`).
+RESTART_REASONS = ("failure", "exit", "recycle", "replace", "group")
+
 
 @dataclass(frozen=True, slots=True)
 class RunnerRestarting(BaseEvent):
-    """Incarnation ``incarnation`` of ``runner_id`` will start after ``delay`` seconds."""
+    """Incarnation ``incarnation`` of ``runner_id`` will start after ``delay`` seconds.
+
+    ``reason``: ``"failure"`` (the last incarnation failed), ``"exit"`` (it exited
+    cleanly and the policy is ``always``), ``"recycle"`` (``max_tasks``/``max_rss``),
+    ``"replace"`` (asked for: ``replace()``, a rolling restart) or ``"group"`` (a
+    sibling in its group failed). ``restarts`` counts failure restarts only (for a
+    group member: the group's); replacements are outside the restart budget.
+    """
 
     runner_id: str
     incarnation: int
     delay: float
     restarts: int
+    reason: str = "failure"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,4 +51,35 @@ class SupervisorGaveUp(BaseEvent):
     last_failure: RunnerFailed | None = None
 
 
-__all__ = ["RunnerRestarting", "SupervisorGaveUp"]
+@dataclass(frozen=True, slots=True)
+class GroupRestarting(BaseEvent):
+    """A restart round of ``group_id``: ``cause_runner_id`` failed (``reason``), and the
+    members its strategy names restart together after ``delay`` seconds. Emitted once
+    per round, right after the cause's `RunnerFailed`; each member restarted then
+    emits its own `RunnerRestarting` (reason ``"failure"`` or ``"group"``).
+    ``restarts`` counts the group's rounds (one budget for the whole group)."""
+
+    group_id: str
+    cause_runner_id: str
+    reason: str
+    delay: float
+    restarts: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupGaveUp(BaseEvent):
+    """The group's restart budget is spent: every member gave up (each emitted its own
+    `SupervisorGaveUp` first). The group's last event."""
+
+    group_id: str
+    reason: str
+    restarts: int
+
+
+__all__ = [
+    "RESTART_REASONS",
+    "GroupGaveUp",
+    "GroupRestarting",
+    "RunnerRestarting",
+    "SupervisorGaveUp",
+]

@@ -1,9 +1,15 @@
 """One incarnation of a restarted runner: its record, its run, and the host tasks handed to it.
 
 Re-queueing (``policy.requeue_unacknowledged``) is decided here and only here:
-a host task handed over but not yet acknowledged when the incarnation failed,
-with a restart coming, has its ``Failed`` held back, and the `start_task` call
-that handed it over takes it back and hands it to the next incarnation.
+a host task handed over but not yet acknowledged when the incarnation failed (or
+was stopped with its group), with a new incarnation coming, has its ``Failed``
+held back, and the `start_task` call that handed it over takes it back and hands
+it to the next incarnation.
+
+An incarnation can be *retired* (a replacement took over: it takes no new task,
+drains and stops) and *stopped by the restart layer* (its group restarts, or its
+drain timed out): then the host tasks it leaves unfinished end ``Failed`` with
+``stop_cause`` as their error, whatever the runner called them.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from supervisor.protocol import (
 )
 from supervisor.restart.deathclock import ExitClock, detection_latency
 from supervisor.restart.launcher import Launched
-from supervisor.restart.policy import Decision, Restart, RestartTracker, Stop
+from supervisor.restart.policy import Decision, Replace, Restart, RestartTracker, Stop
+from supervisor.restart.recycle import RecycleCounter
 
 
 class Incarnation:
@@ -42,13 +49,18 @@ class Incarnation:
         "_unacked",
         "decision",
         "failure",
+        "host_cancelled",
         "host_shutdown",
         "number",
         "ready_at",
+        "recycle",
         "requeues",
+        "restart_reason",
+        "retired",
         "runner_id",
         "settled",
         "startup_ids",
+        "stop_cause",
         "sup",
     )
 
@@ -71,6 +83,15 @@ class Incarnation:
         self._clock: ExitClock | None = None
         self._unacked: set[str] = set()  # handed over, no acknowledgement yet
         self._requeued: set[str] = set()  # of those, the ones whose Failed was held back
+        #: a replacement took over: no new tasks; it drains, then stops
+        self.retired = False
+        #: the restart layer stopped it with tasks in flight: their error
+        self.stop_cause: str | None = None
+        #: tasks the host cancelled here (their Cancelled is theirs, never rewritten)
+        self.host_cancelled: set[str] = set()
+        #: why the next incarnation starts (RunnerRestarting.reason); None: derived
+        self.restart_reason: str | None = None
+        self.recycle: RecycleCounter | None = None
 
     # ------------------------------------------------------------------ views
     @property
@@ -81,6 +102,8 @@ class Incarnation:
             sup is not None
             and self.failure is None
             and not self.host_shutdown
+            and not self.retired
+            and self.stop_cause is None
             and sup.failure is None
             and not sup.finished
             and isinstance(sup.status, READY_STATUSES)
@@ -92,12 +115,32 @@ class Incarnation:
         return self.ready_at is not None and self.failure is None
 
     @property
+    def drained(self) -> bool:
+        """No host task of its own left (it may take none: it is retired)."""
+        sup = self.sup
+        return sup is None or sup.finished or not (sup.pending or sup.in_progress)
+
+    @property
+    def reason(self) -> str:
+        """Why a new incarnation follows this one (`RunnerRestarting.reason`)."""
+        if isinstance(self.decision, Replace):
+            return self.decision.reason
+        if self.restart_reason is not None:
+            return self.restart_reason
+        return "exit" if self.failure is None else "failure"
+
+    @property
     def phase(self) -> Phase:
         if isinstance(self.decision, Stop):
             return "stopped"
-        if self.sup is None:
+        if self.sup is None or self.retired or self.stop_cause is not None:
             return "restarting"
         return phase_of(self.sup.status)
+
+    def retire(self, reason: str) -> None:
+        """A replacement takes over: no new tasks; what follows is decided (no budget)."""
+        self.retired = True
+        self.decision = Replace(reason)
 
     def detection_latency(self, failure: RunnerFailed) -> float | None:
         if self.sup is None or self._clock is None:
@@ -166,6 +209,8 @@ class Incarnation:
             or self.failure is not None
             or stopping
             or self.host_shutdown
+            or self.retired
+            or self.stop_cause is not None
         ):
             return
         logger.error(
@@ -213,13 +258,14 @@ class Incarnation:
         """The incarnation reports ``task_id`` Failed: True to re-queue it instead.
 
         Only a task never acknowledged (the runner cannot have started it), after
-        the incarnation failed, when the policy re-queues and a restart follows.
+        the incarnation failed or was stopped by the restart layer, when the policy
+        re-queues and a new incarnation follows.
         """
         if (
             self.requeues
-            and self.failure is not None
+            and (self.failure is not None or self.stop_cause is not None)
             and task_id in self._unacked
-            and isinstance(self.decision, Restart)
+            and isinstance(self.decision, (Restart, Replace))
         ):
             self._requeued.add(task_id)
             return True
@@ -231,6 +277,17 @@ class Incarnation:
             self._requeued.discard(task_id)
             return True
         return False
+
+    def final_status(self, event: TaskStatusUpdated) -> TaskStatusUpdated:
+        """A host task's terminal status as the host is told it: ``Failed`` with
+        ``stop_cause`` when the restart layer stopped the runner under it."""
+        if (
+            self.stop_cause is None
+            or event.status is TaskStatus.Complete
+            or event.task_id in self.host_cancelled
+        ):
+            return event
+        return TaskStatusUpdated(event.task_id, TaskStatus.Failed, self.stop_cause)
 
     def owes(self, task_id: str) -> bool:
         """``task_id``'s Failed was held back and nobody took it: the host got none."""

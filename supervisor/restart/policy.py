@@ -15,6 +15,9 @@ from typing import Literal, TypeAlias
 
 RestartMode: TypeAlias = Literal["never", "on-failure", "always"]
 RESTART_MODES: tuple[RestartMode, ...] = ("never", "on-failure", "always")
+#: RSS must read above ``max_rss`` this many poll samples in a row before a recycle,
+#: so that one allocation spike (a large batch) does not replace a healthy runner.
+RSS_RECYCLE_SAMPLES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,34 @@ class RestartPolicy:
             "milliseconds, for one more process)"
         },
     )
+    max_tasks: int | None = field(
+        default=None,
+        metadata={
+            "help": "replace the runner gracefully (no task fails) once it has finished "
+            "this many tasks; unset: never"
+        },
+    )
+    max_tasks_jitter: int = field(
+        default=0,
+        metadata={
+            "help": "add a random 0..N to `max_tasks` per runner process, so that runners "
+            "started together are not recycled together"
+        },
+    )
+    max_rss: int | None = field(
+        default=None,
+        metadata={
+            "help": "replace the runner gracefully once its RSS stays above this for "
+            f"{RSS_RECYCLE_SAMPLES} poll samples in a row; unset: never"
+        },
+    )
+    drain_timeout: float = field(
+        default=30.0,
+        metadata={
+            "help": "seconds a replaced or recycled runner gets to finish its tasks in "
+            "flight; then they fail and it is stopped"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.mode not in RESTART_MODES:
@@ -129,6 +160,14 @@ class RestartPolicy:
             raise ValueError("RestartPolicy.max_restarts must be >= 0")
         if self.crash_loop_threshold < 1:
             raise ValueError("RestartPolicy.crash_loop_threshold must be >= 1")
+        if self.max_tasks is not None and self.max_tasks < 1:
+            raise ValueError("RestartPolicy.max_tasks must be >= 1 or None")
+        if self.max_tasks_jitter < 0:
+            raise ValueError("RestartPolicy.max_tasks_jitter must be >= 0")
+        if self.max_rss is not None and self.max_rss <= 0:
+            raise ValueError("RestartPolicy.max_rss must be > 0 bytes or None")
+        if not (self.drain_timeout >= 0 and math.isfinite(self.drain_timeout)):
+            raise ValueError("RestartPolicy.drain_timeout must be a finite number >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +190,15 @@ class Stop:
     """The incarnation ended cleanly and the policy does not restart clean exits."""
 
 
-Decision: TypeAlias = Restart | GiveUp | Stop
+@dataclass(frozen=True, slots=True)
+class Replace:
+    """The incarnation is being replaced on purpose (``reason``: ``"replace"``,
+    ``"recycle"``): a new one follows at once, outside the restart budget."""
+
+    reason: str
+
+
+Decision: TypeAlias = Restart | GiveUp | Stop | Replace
 
 
 class RestartTracker:
@@ -229,7 +276,9 @@ class RestartTracker:
 __all__ = [
     "RESTART_MODES",
     "Decision",
+    "RSS_RECYCLE_SAMPLES",
     "GiveUp",
+    "Replace",
     "Restart",
     "RestartMode",
     "RestartPolicy",

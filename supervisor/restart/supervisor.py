@@ -1,12 +1,18 @@
 """`RestartingSupervisor`: one runner id, a succession of one-shot incarnations.
 
 Each incarnation is a fresh `RunnerSupervisor` (one process, one `RunnerFailed` at
-most). This layer decides, with a `RestartTracker`, whether to start another after
-an incarnation ends, waits the backoff, and drives LoadModel and Warmup itself so
-that a restarted runner becomes Ready again without the host's help. Host tasks
-go to the current incarnation once it is Ready.
+most). This layer decides, with a `RestartTracker` (or its group's, see
+`supervisor.restart.group`), whether to start another after an incarnation ends,
+waits the backoff, and drives LoadModel and Warmup itself so that a restarted
+runner becomes Ready again without the host's help. Host tasks go to the current
+incarnation once it is Ready.
 
-All incarnations' events go out on the host's one stream, in order, followed by
+It also replaces a healthy runner on purpose (`replace`, recycling under
+``policy.max_tasks``/``max_rss``): see `supervisor.restart.replace` for the order.
+Then two incarnations may live at once; the old one drains and only the current
+one speaks for the runner id (its runner status events are the ones forwarded).
+
+All incarnations' events go out on the host's one stream, followed by
 `RunnerRestarting` before each new incarnation and `SupervisorGaveUp` at the end
 when the policy stops restarting after a failure.
 """
@@ -17,7 +23,8 @@ import functools
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
@@ -26,18 +33,17 @@ from loguru import logger
 from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.core.done import DONE, Done
 from supervisor.core.host_stream import HostStream
-from supervisor.core.liveness import ResourceSample
-from supervisor.core.supervisor import RunnerSupervisor
-from supervisor.errors import RunnerUnavailableError, SupervisorClosedError
-from supervisor.ops.observe import RunnerHealth, SupervisorObserver
-from supervisor.ops.phases import Phase
+from supervisor.core.lifecycle import Notifier
+from supervisor.errors import (
+    DuplicateTaskError,
+    RunnerUnavailableError,
+)
+from supervisor.ops.observe import SupervisorObserver
 from supervisor.protocol import (
     BaseEvent,
-    BaseRunnerStatus,
     BaseTask,
     LoadModel,
     RunnerFailed,
-    RunnerIdle,
     RunnerReady,
     RunnerStatusUpdated,
     TaskAcknowledged,
@@ -49,12 +55,35 @@ from supervisor.restart.events import RunnerRestarting, SupervisorGaveUp
 from supervisor.restart.incarnation import Incarnation
 from supervisor.restart.launcher import Launcher
 from supervisor.restart.lifecycle import RestartState, restart_lifecycle
-from supervisor.restart.policy import Decision, GiveUp, Restart, RestartPolicy, RestartTracker
+from supervisor.restart.policy import (
+    Decision,
+    GiveUp,
+    Replace,
+    Restart,
+    RestartPolicy,
+    RestartTracker,
+)
+from supervisor.restart.recycle import RecycleCounter
+from supervisor.restart.replace import Replacement
+from supervisor.restart.roster import Roster
+from supervisor.restart.view import RestartingView
+
+if TYPE_CHECKING:
+    from supervisor.restart.group import RestartGroup
 
 _S = RestartState
 
 
-class RestartingSupervisor:
+class _Submission:
+    """A host task inside `start_task`: not yet acknowledged by any incarnation."""
+
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+
+class RestartingSupervisor(RestartingView):
     """Keeps one runner id served by restarting its runner process under a `RestartPolicy`."""
 
     def __init__(
@@ -67,136 +96,28 @@ class RestartingSupervisor:
         runner_id: str | None = None,
         observers: Sequence[SupervisorObserver] = (),
         rng: random.Random | None = None,
+        group: RestartGroup | None = None,
     ) -> None:
         self.spec = spec or RunnerSpec()
         self.config = config or SupervisorConfig()
         self.policy = policy or RestartPolicy()
         self.runner_id = runner_id or self.spec.runner_id or f"runner-{os.urandom(4).hex()}"
+        #: the group whose strategy and budget decide this runner's restarts, if any
+        self.group = group
         self._host = HostStream(event_sender, self.runner_id)
         self._observers: list[SupervisorObserver] = list(observers)
-        self._tracker = RestartTracker(self.policy, rng)
+        self._rng = rng or random.Random()
+        self._tracker = RestartTracker(self.policy, self._rng)
         self._life = restart_lifecycle()
         self._changed = self._life.changed  # the one wake-up, for state and incarnation news
+        self._loop_wake = Notifier()  # the restart loop's own: an incarnation ended, a hand-over
         self._launcher = Launcher(
             spec=self.spec, config=self.config, runner_id=self.runner_id, changed=self._changed
         )
-        self._current: Incarnation | None = None
+        self._roster = Roster(self.runner_id, changed=self._changed, wake=self._loop_wake)
+        self._submitted: dict[str, _Submission] = {}
         self._last_failure: RunnerFailed | None = None
         self._restart_at: float | None = None
-
-    # ---------------------------------------------------------------- read-only
-    @property
-    def incarnation(self) -> int:
-        """Number of the current (or last) incarnation; 0 before the first."""
-        return 0 if self._current is None else self._current.number
-
-    @property
-    def restarts(self) -> int:
-        return self._tracker.restarts
-
-    @property
-    def current(self) -> RunnerSupervisor | None:
-        """The current incarnation's one-shot supervisor (None between incarnations)."""
-        inc = self._current
-        return None if inc is None else inc.sup
-
-    @property
-    def spare_pid(self) -> int | None:
-        """The pre-started spare runner's pid (``policy.prespawn``), if one is waiting."""
-        return self._launcher.spare_pid
-
-    @property
-    def pid(self) -> int | None:
-        sup = self.current
-        return None if sup is None or sup.finished else sup.pid
-
-    @property
-    def status(self) -> BaseRunnerStatus:
-        """The current incarnation's status (its `RunnerFailed` while restarting)."""
-        sup = self.current
-        if sup is not None:
-            return sup.status
-        return self._last_failure or RunnerIdle()
-
-    @property
-    def failure(self) -> RunnerFailed | None:
-        """The latest incarnation failure, if any."""
-        return self._last_failure
-
-    @property
-    def gave_up(self) -> bool:
-        return self._life.state.gave_up
-
-    @property
-    def gave_up_reason(self) -> str | None:
-        inc = self._current
-        if self.gave_up and inc is not None and isinstance(inc.decision, GiveUp):
-            return inc.decision.reason
-        return None
-
-    @property
-    def started(self) -> bool:
-        """True once `run` was called."""
-        return self._life.state.started
-
-    @property
-    def finished(self) -> bool:
-        return self._life.state.ended
-
-    @property
-    def heartbeat_age(self) -> float | None:
-        sup = self.current
-        return None if sup is None or sup.finished else sup.heartbeat_age
-
-    @property
-    def resources(self) -> ResourceSample | None:
-        sup = self.current
-        return None if sup is None or sup.finished else sup.resources
-
-    @property
-    def pending(self) -> Mapping[str, BaseTask]:
-        sup = self.current
-        return {} if sup is None else sup.pending
-
-    @property
-    def in_progress(self) -> Mapping[str, BaseTask]:
-        sup = self.current
-        return {} if sup is None else sup.in_progress
-
-    @property
-    def phase(self) -> Phase:
-        shown = self._life.state.shown_phase
-        if shown is not None:
-            return shown
-        return "starting" if self._current is None else self._current.phase
-
-    @property
-    def retry_after(self) -> float | None:
-        """Seconds left of the restart backoff, while one is under way."""
-        if self._restart_at is None:
-            return None
-        return max(0.0, self._restart_at - time.monotonic())
-
-    def health(self) -> RunnerHealth:
-        rss = self.resources
-        return RunnerHealth(
-            runner_id=self.runner_id,
-            phase=self.phase,
-            incarnation=self.incarnation,
-            restarts=self.restarts,
-            pid=self.pid,
-            heartbeat_age=self.heartbeat_age,
-            rss=None if rss is None else rss.rss,
-            pending=len(self.pending),
-            in_progress=len(self.in_progress),
-            retry_after=self.retry_after,
-            gave_up_reason=self.gave_up_reason,
-            containment=None if self.current is None else self.current.containment,
-            descendants=None if rss is None else rss.descendants,
-        )
-
-    def health_snapshots(self) -> Sequence[RunnerHealth]:
-        return [self.health()]
 
     def add_observer(self, observer: SupervisorObserver) -> None:
         self._observers.append(observer)
@@ -209,26 +130,34 @@ class RestartingSupervisor:
     async def start_task(self, task: BaseTask, *, within: float | None = None) -> None:
         """Hand ``task`` to the current incarnation; return once it is acknowledged.
 
-        While the runner is starting or restarting this waits for it to be Ready,
-        up to ``within`` seconds (default ``policy.ready_wait``), then raises
-        `RunnerUnavailableError` (also at once if the policy gave up);
-        `SupervisorClosedError` once shut down or stopped. Raises
-        `RunnerFailedError` if the incarnation fails before acknowledging the
-        task, unless the policy re-queues it: then it is handed to the next
-        incarnation and this keeps waiting.
+        While the runner is starting, restarting or being replaced this waits for a
+        Ready incarnation, up to ``within`` seconds (default ``policy.ready_wait``),
+        then raises `RunnerUnavailableError` (also at once if the policy gave up);
+        `SupervisorClosedError` once shut down or stopped. Raises `RunnerFailedError`
+        if the incarnation fails before acknowledging the task, unless the policy
+        re-queues it: then it is handed to the next incarnation and this keeps waiting.
+
+        `cancel_task` reaches the task while it waits here (for Ready, or re-queued):
+        it then ends with one ``Cancelled`` status and this returns normally.
         """
         if isinstance(task, (LoadModel, Warmup)):
             raise ValueError(
                 "RestartingSupervisor drives LoadModel and Warmup itself, for every incarnation"
             )
         tid = task.task_id
+        if tid in self._submitted:
+            raise DuplicateTaskError(f"task id {tid!r} is already being submitted")
+        sub = self._submitted[tid] = _Submission()
         wait = self.policy.ready_wait if within is None else within
         owed = False  # we held back this task's Failed and still owe the host an answer
         inc: Incarnation | None = None
         try:
             while True:
-                inc = await self._wait_ready(wait)
-                owed = False  # from here on, this incarnation answers for the task
+                inc = await self._wait_ready(wait, sub)
+                owed = False  # from here on, an incarnation or we answer for the task
+                if inc is None:
+                    await self._end_cancelled(tid)
+                    return
                 if await inc.deliver(task):
                     return
                 owed = True
@@ -239,23 +168,47 @@ class RestartingSupervisor:
                 error = f"runner failed; re-queued task not delivered ({exc})"
                 self._host.send_nowait(TaskStatusUpdated(tid, TaskStatus.Failed, error))
             raise
+        finally:
+            self._submitted.pop(tid, None)
 
     def cancel_task(self, task_id: str) -> Done:
-        """Cancel ``task_id`` in the current incarnation. Never blocks."""
-        sup = self.current
-        if sup is not None and not sup.finished:
-            sup.cancel_task(task_id)
+        """Cancel ``task_id`` wherever it is: waiting for a Ready incarnation, re-queued
+        across a restart, in flight, or draining on a replaced incarnation. Never blocks."""
+        sub = self._submitted.get(task_id)
+        if sub is not None and not sub.cancelled:
+            sub.cancelled = True
+            self._changed.notify()
+        self._roster.cancel(task_id)
         return DONE
 
     def shutdown(self) -> Done:
-        """Stop for good: no more restarts; the current runner shuts down gracefully."""
+        """Stop for good: no more restarts; the runner (and one being replaced) shuts
+        down gracefully."""
         target = _S.CLOSED if self._life.state is _S.CREATED else _S.STOPPING
         if self._life.advance(target):
-            sup = self.current
-            if sup is not None and not sup.finished:
-                sup.shutdown()
+            self._roster.shutdown()
             self._launcher.retire_spare()
+            self._loop_wake.notify()
+            if self.group is not None:
+                self.group.member_changed()
         return DONE
+
+    def kill(self) -> Done:
+        """Stop for good now: `shutdown`, and SIGKILL every runner process of this id."""
+        self.shutdown()
+        self._roster.kill()
+        return DONE
+
+    async def replace(self, *, drain_timeout: float | None = None) -> None:
+        """Replace the runner with a new incarnation without losing a task (the order:
+        `supervisor.restart.replace`; semantics: docs/groups.md). Returns once the old
+        incarnation has stopped and a new one is Ready; a call during a replacement
+        joins it. `RunnerUnavailableError` if the policy gives up first,
+        `SupervisorClosedError` if shut down. Cancelling the caller does not stop it."""
+        if self.group is not None:
+            await self.group.replace(self, drain_timeout=drain_timeout)
+        else:
+            await self._replace_alone("replace", drain_timeout)
 
     # -------------------------------------------------------------------- run
     async def run(self) -> None:
@@ -267,104 +220,176 @@ class RestartingSupervisor:
             raise RuntimeError("RestartingSupervisor.run() may only be called once")
         try:
             spare_wanted = self._spare_wanted if self.policy.prespawn else None
-            async with self._launcher.open(spare_wanted):
-                await self._incarnations()
+            async with self._launcher.open(spare_wanted), anyio.create_task_group() as tg:
+                self._roster.tg = tg
+                watcher = anyio.CancelScope()
+                if self.policy.max_rss is not None:
+                    interval = self.config.poll_interval
+                    tg.start_soon(self._roster.watch_rss, interval, self._recycle, watcher)
+                try:
+                    await self._incarnations()
+                finally:
+                    watcher.cancel()
         finally:
+            self._roster.tg = None
             self._restart_at = None
             self._life.transition(_S.GAVE_UP if self._life.state is _S.GIVING_UP else _S.FINISHED)
+            if self.group is not None:
+                self.group.member_changed()
 
     async def _incarnations(self) -> None:
         """The restart loop."""
-        number = 0
         while self._life.state is _S.RUNNING:
-            number += 1
-            inc = Incarnation(number, self.runner_id, requeues=self.policy.requeue_unacknowledged)
-            self._current = inc
-            self._restart_at = None
-            self._changed.notify()
-            await self._run_incarnation(inc)
+            if self.group is not None:
+                await self.group.before_start(self)
+                if self._life.state is not _S.RUNNING:
+                    return
+                if self.group.gave_up is not None:
+                    self._life.advance(_S.GIVING_UP)
+                    await self._give_up(self.group.gave_up.reason)
+                    return
+            inc = self._start_incarnation()
+            await self._loop_wake.wait_until(functools.partial(self._moves_on, inc))
+            repl = self._roster.replacement
+            if not inc.settled.is_set() and repl is not None:
+                repl.overlapped = True  # the next one starts now; this one drains meanwhile
+                await self._announce(inc.number + 1, 0.0, inc.reason)
+                continue
             decision = self._decide(inc)
+            await self._flush_group()
             if isinstance(decision, GiveUp):
-                # In mode "never" the failure itself was the news (logged at ERROR once).
-                level = "INFO" if self.policy.mode == "never" else "ERROR"
-                logger.log(level, "runner {}: giving up: {}", self.runner_id, decision.reason)
-                for obs in self._observers:
-                    obs.on_gave_up(self.runner_id, decision.reason)
-                last = self._last_failure
-                await self._host.send(
-                    SupervisorGaveUp(self.runner_id, decision.reason, self.restarts, last)
-                )
+                await self._give_up(decision.reason)
                 return
-            if not isinstance(decision, Restart) or self._life.state is not _S.RUNNING:
+            if self._life.state is not _S.RUNNING:
                 return
-            await self._before_restart(number + 1, decision)
+            if isinstance(decision, Replace):
+                await self._announce(inc.number + 1, 0.0, inc.reason)
+            elif isinstance(decision, Restart):
+                await self._before_restart(inc, decision)
+            else:
+                return
 
-    async def _before_restart(self, number: int, decision: Restart) -> None:
-        """Announce incarnation ``number`` and wait its backoff (cut short by a shutdown)."""
+    def _moves_on(self, inc: Incarnation) -> bool:
+        """The loop goes on: ``inc`` ended, or its replacement starts now (prespawn)."""
+        return inc.settled.is_set() or self._roster.hands_over(inc, self.policy.prespawn)
+
+    def _start_incarnation(self) -> Incarnation:
+        tg = self._roster.tg
+        assert tg is not None
+        inc = self._roster.next(requeues=self.policy.requeue_unacknowledged)
+        counter = RecycleCounter(self.policy, self._rng)
+        inc.recycle = counter if counter.active else None
+        self._restart_at = None
+        self._changed.notify()
+        tg.start_soon(self._run_incarnation, inc, name=f"runner {self.runner_id}#{inc.number}")
+        return inc
+
+    async def _announce(self, number: int, delay: float, reason: str) -> None:
+        await self._host.send(
+            RunnerRestarting(self.runner_id, number, delay, self.restarts, reason)
+        )
+
+    async def _before_restart(self, inc: Incarnation, decision: Restart) -> None:
+        """Announce the next incarnation and wait its backoff (cut short by a shutdown)."""
+        number = inc.number + 1
         logger.info(
             "runner {}: restart {} in {:.3f}s", self.runner_id, decision.attempt, decision.delay
         )
         for obs in self._observers:
             obs.on_restart(self.runner_id, number, decision.delay)
         self._restart_at = time.monotonic() + decision.delay
-        await self._host.send(
-            RunnerRestarting(self.runner_id, number, decision.delay, self.restarts)
-        )
+        await self._announce(number, decision.delay, inc.reason)
         self._changed.notify()
         if decision.delay > 0:
             with anyio.move_on_after(decision.delay):
-                await self._changed.wait_until(lambda: self._life.state is not _S.RUNNING)
+                await self._changed.wait_until(self._stop_waiting)
+
+    def _stop_waiting(self) -> bool:
+        return self._life.state is not _S.RUNNING or (
+            self.group is not None and self.group.gave_up is not None
+        )
+
+    async def _give_up(self, reason: str) -> None:
+        # In mode "never" the failure itself was the news (logged at ERROR once).
+        level = "INFO" if self.policy.mode == "never" else "ERROR"
+        logger.log(level, "runner {}: giving up: {}", self.runner_id, reason)
+        for obs in self._observers:
+            obs.on_gave_up(self.runner_id, reason)
+        last = self._last_failure
+        await self._host.send(SupervisorGaveUp(self.runner_id, reason, self.restarts, last))
+        if self.group is not None:
+            final = self.group.member_gave_up(self)
+            if final is not None:
+                await self._host.send(final)
 
     def _decide(self, inc: Incarnation) -> Decision:
-        decision = inc.decide(self._tracker, stopping=self._life.state is not _S.RUNNING)
+        stopping = self._life.state is not _S.RUNNING
+        if inc.decision is None and not stopping and self.group is not None:
+            inc.decision, inc.restart_reason = self.group.decide(self, inc)
+        decision = inc.decide(self._tracker, stopping=stopping)
         if isinstance(decision, GiveUp):
             self._life.advance(_S.GIVING_UP)  # (a second ask finds it there already)
         return decision
 
     def _spare_wanted(self) -> bool:
         """Once the current incarnation is Ready, a spare stands by for its successor."""
-        inc = self._current
+        inc = self._roster.current
         return self._life.state is _S.RUNNING and inc is not None and inc.healthy
 
     async def _run_incarnation(self, inc: Incarnation) -> None:
-        launched = self._launcher.take(inc.number)
-        if isinstance(launched, RunnerFailed):
-            self._record_failure(inc, launched)
-            await self._host.send(RunnerStatusUpdated(self.runner_id, launched))
-            inc.settled.set()
-            return
-        if self._life.state is not _S.RUNNING:
-            launched.sup.shutdown()
         try:
+            launched = self._launcher.take(inc.number)
+            if isinstance(launched, RunnerFailed):
+                self._record_failure(inc, launched)
+                await self._host.send(RunnerStatusUpdated(self.runner_id, launched))
+                await self._flush_group()
+                inc.settled.set()
+                return
+            if self._life.state is not _S.RUNNING or inc.stop_cause is not None:
+                launched.sup.shutdown()
             await inc.run(launched, functools.partial(self._on_event, inc))
         finally:
+            self._roster.ended(inc)
+            self._loop_wake.notify()
             self._changed.notify()
+            if self.group is not None:
+                self.group.member_changed()
 
     async def _on_event(self, inc: Incarnation, event: BaseEvent) -> None:
         """Update our view from one incarnation event, then pass it on (or hold it back)."""
-        if self._absorb(inc, event):
-            await self._host.send(event)
+        out = self._absorb(inc, event)
+        if out is not None:
+            await self._host.send(out)
+        if isinstance(event, RunnerStatusUpdated):
+            await self._flush_group()
         self._changed.notify()
 
-    def _absorb(self, inc: Incarnation, event: BaseEvent) -> bool:
+    def _absorb(self, inc: Incarnation, event: BaseEvent) -> BaseEvent | None:
         if isinstance(event, RunnerStatusUpdated):
             status = event.status
             if isinstance(status, RunnerReady) and inc.ready_at is None:
                 self._tracker.on_ready(inc.became_ready())
+                if self.group is not None:
+                    self.group.member_changed()
             elif isinstance(status, RunnerFailed) and inc.failure is None:
                 self._record_failure(inc, status)
+            if inc is not self._roster.current and not isinstance(status, RunnerFailed):
+                return None  # a replaced incarnation no longer speaks for the runner id
         elif isinstance(event, TaskAcknowledged):
             inc.acked(event.task_id)
         elif isinstance(event, TaskStatusUpdated) and event.status.terminal:
             tid = event.task_id
             if event.status is TaskStatus.Failed and inc.hold_back_failed(tid):
-                return False
+                return None
             if tid in inc.startup_ids:
                 inc.startup_task_ended(event, stopping=self._life.state is not _S.RUNNING)
-            else:
-                for obs in self._observers:
-                    obs.on_task_finished(self.runner_id, event.status)
-        return True
+                return event
+            event = inc.final_status(event)
+            for obs in self._observers:
+                obs.on_task_finished(self.runner_id, event.status)
+            if inc.recycle is not None and inc.recycle.task_ended():
+                self._recycle(inc)
+        return event
 
     def _record_failure(self, inc: Incarnation, failure: RunnerFailed) -> None:
         inc.failure = failure
@@ -373,12 +398,71 @@ class RestartingSupervisor:
             obs.on_failure(self.runner_id, failure, inc.detection_latency(failure))
         self._decide(inc)
 
+    async def _flush_group(self) -> None:
+        """Send the group's news (a `GroupRestarting`) right after the event that caused it."""
+        if self.group is not None:
+            for event in self.group.take_announcements():
+                await self._host.send(event)
+
+    # ---------------------------------------------------- replacing, recycling
+    async def _replace_alone(self, reason: str, drain_timeout: float | None) -> None:
+        self._check_open()
+        repl = self._begin_replace(reason, drain_timeout)
+        if repl is None:  # (re)starting: the incarnation on its way is the replacement
+            await self._wait_ready(self.policy.ready_wait)
+        else:
+            await repl.wait()
+
+    def _begin_replace(self, reason: str, drain_timeout: float | None) -> Replacement | None:
+        """Start replacing the current incarnation (or join the replacement under way)."""
+        if self._life.state is not _S.RUNNING:
+            return None
+        repl = self._roster.begin_replace(
+            reason,
+            self.policy.drain_timeout if drain_timeout is None else drain_timeout,
+            still_open=lambda: self._life.state.takes_tasks and not self.gave_up,
+            closed_error=self._closed_error,
+        )
+        if repl is not None and self.group is not None:
+            self.group.member_changed()
+        return repl
+
+    def _recycle(self, inc: Incarnation) -> None:
+        assert inc.recycle is not None
+        logger.info("runner {}: recycling: {}", self.runner_id, inc.recycle.reason)
+        tg = self._roster.tg
+        if self.group is None:
+            self._begin_replace("recycle", None)
+        elif tg is not None:
+            tg.start_soon(self.group.recycle, self)
+
+    # ------------------------------------------------------ for RestartGroup
+    def _stop_for_group(self, cause: str) -> None:
+        """End every live incarnation now (Shutdown, SIGKILL after ``stop_grace``); their
+        unfinished host tasks fail with ``cause``."""
+        self._roster.stop(cause, self.config.stop_grace)
+
+    def _poke(self) -> None:
+        self._changed.notify()
+
     # ------------------------------------------------------------- plumbing
-    async def _wait_ready(self, within: float) -> Incarnation:
+    async def _end_cancelled(self, task_id: str) -> None:
+        for obs in self._observers:
+            obs.on_task_finished(self.runner_id, TaskStatus.Cancelled)
+        await self._host.send(
+            TaskStatusUpdated(task_id, TaskStatus.Cancelled, "cancelled before a runner took it")
+        )
+
+    async def _wait_ready(
+        self, within: float, sub: _Submission | None = None
+    ) -> Incarnation | None:
+        """The Ready incarnation to hand a task to; None if ``sub`` was cancelled first."""
         deadline = time.monotonic() + within
         while True:
+            if sub is not None and sub.cancelled:
+                return None
             self._check_open()
-            inc = self._current
+            inc = self._roster.current
             if inc is not None and inc.takes_tasks:
                 return inc
             remaining = deadline - time.monotonic()
@@ -390,14 +474,6 @@ class RestartingSupervisor:
                 )
             with anyio.move_on_after(remaining):
                 await self._changed.wait()
-
-    def _check_open(self) -> None:
-        if self.gave_up:
-            raise RunnerUnavailableError(
-                f"runner {self.runner_id} gave up: {self.gave_up_reason}", self._last_failure
-            )
-        if not self._life.state.takes_tasks:
-            raise SupervisorClosedError(f"runner {self.runner_id} is {self.phase}; no new tasks")
 
 
 __all__ = ["RestartingSupervisor", "RunnerUnavailableError"]

@@ -130,6 +130,10 @@ def _policy_other_value(f: dataclasses.Field[Any]) -> tuple[list[str], Any]:
         return [flag, "always"], "always"
     if f.name == "jitter":
         return [flag, "0.25"], 0.25  # a fraction
+    if f.name == "max_tasks":
+        return [flag, "100"], 100
+    if f.name == "max_rss":
+        return [flag, "2G"], 2 * 2**30
     if isinstance(default, int):
         return [flag, str(default + 2)], default + 2
     assert isinstance(default, float)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -23,4 +24,13 @@ class SlowPrefillEngine(EchoEngine):
     def generate(self, task: Generate, ctx: EngineContext) -> Iterator[str]:
         if task.prompt.startswith("slow"):
             time.sleep(self.prefill_sleep)
+        yield from super().generate(task, ctx)
+
+
+class PidEngine(EchoEngine):
+    """Echo whose Generate streams the runner's pid as its first token, then echoes: tells
+    which process served a task."""
+
+    def generate(self, task: Generate, ctx: EngineContext) -> Iterator[str]:
+        yield f"{os.getpid()} "
         yield from super().generate(task, ctx)

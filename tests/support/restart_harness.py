@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -9,9 +10,22 @@ from typing import Any
 
 import anyio
 import h11
+import psutil
 
-from supervisor import RestartingSupervisor, RestartPolicy, RunnerSpec, SupervisorConfig
+from supervisor import (
+    RestartingSupervisor,
+    RestartPolicy,
+    RunnerNode,
+    RunnerRestarting,
+    RunnerSpec,
+    SupervisorConfig,
+)
+from supervisor.protocol import BaseEvent
 from tests.support.recorder import Recorder, hosted
+
+
+def ready_count(rec: Recorder, runner_id: str | None = None) -> int:
+    return rec.ready_count(runner_id)
 
 
 @dataclass
@@ -78,3 +92,62 @@ async def http_request(
                 body += event.data
             elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                 return HttpResponse(status, headers, body)
+
+
+@asynccontextmanager
+async def running_node(**node_kwargs: Any) -> AsyncIterator[tuple[RunnerNode, Recorder]]:
+    """A `RunnerNode` run in a task group, its events recorded; shut down on exit."""
+    send, recv = anyio.create_memory_object_stream[BaseEvent](math.inf)
+    node_kwargs.setdefault("policy", RestartPolicy(backoff_base=0.0))
+    node = RunnerNode(event_sender=send, **node_kwargs)
+    rec = Recorder()
+
+    async def pump() -> None:
+        async with recv:
+            async for event in recv:
+                rec.add(event)
+
+    async def run_and_close() -> None:
+        async with send:
+            await node.run()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pump)
+        tg.start_soon(run_and_close)
+        try:
+            yield node, rec
+            node.shutdown()
+            with anyio.fail_after(60):
+                for runner in list(node.runners.values()):
+                    await runner.wait_finished()
+        finally:
+            if any(not r.finished for r in node.runners.values()):
+                tg.cancel_scope.cancel()
+
+
+def served_by(rec: Recorder, task_id: str) -> int:
+    """The pid a `PidEngine` runner streamed as ``task_id``'s first token."""
+    chunks = rec.chunks(task_id)
+    assert chunks, f"no chunks for {task_id}"
+    return int(chunks[0].text)
+
+
+def restarts_of(rec: Recorder, runner_id: str) -> list[RunnerRestarting]:
+    return [e for e in rec.of(RunnerRestarting) if e.runner_id == runner_id]
+
+
+def pid_gone(pid: int) -> bool:
+    """The process has exited (a zombie not yet reaped counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def wait_gone(pids: list[int], within: float) -> None:
+    """Poll (every 5 ms) until every one of ``pids`` has exited."""
+    with anyio.fail_after(within):
+        for _ in iter(int, 1):  # until the deadline
+            if all(pid_gone(pid) for pid in pids):
+                return
+            await anyio.sleep(0.005)
