@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.conftest import Cli
+from e2e.conftest import Cli, wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -186,3 +186,34 @@ def test_health_port_in_use_is_a_usage_error(cli: StartCli) -> None:
         c = cli("--health-port", str(port), "--serve")
         assert c.wait(15) == 2
     assert "cannot serve health endpoints" in c.stderr()
+
+
+def test_sighup_in_serve_mode_replaces_the_runner_and_loses_no_task(cli: StartCli) -> None:
+    c = cli(
+        "--serve",
+        "--restart",
+        "on-failure",
+        "--token-delay",
+        "0.01",
+        "--max-tokens",
+        "200",  # ~2 s of tokens: in flight when the SIGHUP comes
+        "--runner-id",
+        "svc",
+        "x",
+    )
+    first = c.runner_pid
+    c.wait_chunk()
+    c.signal(signal.SIGHUP)
+    c.wait_for(lambda rs: sum(r["type"] == "RunnerStarted" for r in rs) >= 2, 30)
+    second = int(c.of("RunnerStarted")[1]["pid"])
+    assert second != first
+    # the generation in flight on the old runner finished there
+    c.wait_for(lambda rs: "prompt-1" in c.final_statuses(), 30)
+    assert c.final_statuses()["prompt-1"] == ["Complete"]
+    (restarting,) = c.of("RunnerRestarting")
+    assert restarting["reason"] == "replace"
+    assert wait_gone([first], 10) == []
+    c.signal(signal.SIGTERM)
+    assert c.wait(15) == 128 + signal.SIGTERM
+    assert c.failures() == []
+    assert all(s != ["Failed"] for s in c.final_statuses().values())

@@ -111,7 +111,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--serve",
         action="store_true",
         help="keep the worker up after the tasks are done, until SIGTERM/SIGINT (or the "
-        "runner fails for good): a long-running service under systemd or Kubernetes",
+        "runner fails for good): a long-running service under systemd or Kubernetes. "
+        "SIGHUP then replaces the runner without losing a task",
     )
     tasks.add_argument(
         "--max-tokens",

@@ -214,17 +214,31 @@ class WorkerRun:
             self.output.started(current.runner_pid or current.pid, self.rsup.runner_id)
 
     async def _watch_signals(self) -> None:
-        with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                if self.signal_received is None:
-                    self.signal_received = signum
-                    self._stop(f"{name} received: shutting the runner down")
-                else:
-                    logger.warning("{} received again: killing the runner", name)
-                    current = self.rsup.current
-                    if current is not None:
-                        current.kill()
+        async with anyio.create_task_group() as replacements:
+            with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if signum == signal.SIGHUP and self.keep_serving and not self.stopping:
+                        # A service reloads on SIGHUP (as gunicorn and nginx do): a new
+                        # runner takes new tasks, the old one finishes its own first.
+                        logger.info("SIGHUP received: replacing the runner, no task lost")
+                        replacements.start_soon(self._replace_runner)
+                    elif self.signal_received is None:
+                        self.signal_received = signum
+                        self._stop(f"{name} received: shutting the runner down")
+                    else:
+                        logger.warning("{} received again: killing the runner", name)
+                        self.rsup.kill()  # the draining old one of a replacement too
+
+    @property
+    def stopping(self) -> bool:
+        return self.phase.state is RunPhase.STOPPING
+
+    async def _replace_runner(self) -> None:
+        try:
+            await self.rsup.replace()  # a second SIGHUP meanwhile joins this one
+        except SupervisorError as exc:  # gave up or shut down meanwhile: said elsewhere
+            logger.warning("runner replacement did not complete: {}", exc)
 
     def _stop(self, why: str | None = None) -> None:
         """No more tasks: stop feeding and shut the worker down. The first caller says why."""
