@@ -143,9 +143,17 @@ async def ours(windows: int) -> Measured:
         monotonic = time.monotonic
         note = r.note
         async with recv:
-            async for event in recv:
-                if type(event) is ChunkGenerated:
-                    note(monotonic(), event)
+            async for first in recv:
+                # A host drains what is queued in one go (docs/operations.md): one
+                # event per event-loop turn cannot keep up with 64 streams.
+                event: BaseEvent | None = first
+                while event is not None:
+                    if type(event) is ChunkGenerated:
+                        note(monotonic(), event)
+                    try:
+                        event = recv.receive_nowait()
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        event = None
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(consume, recv)

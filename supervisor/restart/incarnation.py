@@ -189,9 +189,19 @@ class Incarnation:
     async def _pump(
         self, launched: Launched, on_event: Callable[[BaseEvent], Awaitable[None]]
     ) -> None:
-        async with launched.recv:
-            async for event in launched.recv:
+        recv = launched.recv
+        async with recv:
+            async for event in recv:
                 await on_event(event)
+                # Then what else is queued, without an event-loop turn per event: with
+                # many runners in one loop a turn is long, and one event per turn would
+                # cap the whole node's throughput.
+                while True:
+                    try:
+                        event = recv.receive_nowait()
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                    await on_event(event)
 
     async def _drive_startup(self, sup: RunnerSupervisor) -> None:
         load_id, warmup_id = self.startup_ids
