@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import anyio
 import pytest
@@ -23,35 +21,9 @@ from supervisor.core.done import DONE
 from supervisor.core.lifecycle import check_table
 from supervisor.node import TRANSITIONS, NodeState
 from supervisor.protocol import BaseEvent, Generate, TaskStatus
-from tests.support.recorder import Recorder
+from tests.support.restart_harness import running_node
 
 pytestmark = pytest.mark.anyio
-
-
-@asynccontextmanager
-async def running_node(
-    policy: RestartPolicy | None = None,
-) -> AsyncIterator[tuple[RunnerNode, Recorder]]:
-    send, recv = anyio.create_memory_object_stream[BaseEvent](math.inf)
-    node = RunnerNode(event_sender=send, policy=policy or RestartPolicy(backoff_base=0.0))
-    rec = Recorder()
-
-    async def run_and_close() -> None:
-        async with send:
-            await node.run()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(rec.consume, recv)
-        tg.start_soon(run_and_close)
-        try:
-            yield node, rec
-            node.shutdown()
-            with anyio.fail_after(60):
-                for runner in list(node.runners.values()):
-                    await runner.wait_finished()
-        finally:
-            if any(not r.finished for r in node.runners.values()):
-                tg.cancel_scope.cancel()
 
 
 @pytest.mark.slow

@@ -102,17 +102,12 @@ async def running_node(**node_kwargs: Any) -> AsyncIterator[tuple[RunnerNode, Re
     node = RunnerNode(event_sender=send, **node_kwargs)
     rec = Recorder()
 
-    async def pump() -> None:
-        async with recv:
-            async for event in recv:
-                rec.add(event)
-
     async def run_and_close() -> None:
         async with send:
             await node.run()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(pump)
+        tg.start_soon(rec.consume, recv)
         tg.start_soon(run_and_close)
         try:
             yield node, rec
