@@ -33,7 +33,7 @@ from supervisor import (
     RunnerSupervisor,
     SupervisorConfig,
 )
-from supervisor.core.lifecycle import Notifier
+from supervisor.core.statemachine import Notifier
 from supervisor.protocol import (
     BaseEvent,
     BaseRunnerStatus,

@@ -29,7 +29,7 @@ from supervisor.protocol import Generate
 
 FREEZE_CONFIG = SupervisorConfig()
 DECODE_TIMEOUT = 1.0
-STACK_DRAIN = 0.15  # supervisor.core.supervisor: output.drain(0.15) after SIGUSR1
+STACK_DRAIN = 0.15  # supervisor.core.runner_supervisor: output.drain(0.15) after SIGUSR1
 #: The runner stamps each progress tick, so the supervisor wakes at the deadline itself;
 #: what is left is the event loop's wake-up and the report.
 WAKE_SLACK = 0.05

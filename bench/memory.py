@@ -33,7 +33,7 @@ import psutil
 
 from bench.common import Mode, fleet, progress, quiet_supervisor_logs, run_async
 from bench.report import Row, Section, Stats, ratio
-from supervisor.core.supervisor import RECENT_TASK_IDS
+from supervisor.core.runner_supervisor import RECENT_TASK_IDS
 from supervisor.protocol import (
     ChunkGenerated,
     Generate,

@@ -21,7 +21,7 @@ from supervisor.errors import (
 
 if TYPE_CHECKING:
     from supervisor.core.liveness import ResourceSample
-    from supervisor.core.supervisor import RunnerSupervisor
+    from supervisor.core.runner_supervisor import RunnerSupervisor
     from supervisor.node import RunnerNode, UnknownGroupError, UnknownRunnerError
     from supervisor.ops.health import serve_health
     from supervisor.ops.metrics import SupervisorMetrics
@@ -35,12 +35,12 @@ if TYPE_CHECKING:
     )
     from supervisor.restart.group import RestartGroup
     from supervisor.restart.policy import RestartPolicy, RestartTracker
-    from supervisor.restart.supervisor import RestartingSupervisor
+    from supervisor.restart.restarting_supervisor import RestartingSupervisor
 
 _LAZY = {
-    "RunnerSupervisor": "supervisor.core.supervisor",
+    "RunnerSupervisor": "supervisor.core.runner_supervisor",
     "ResourceSample": "supervisor.core.liveness",
-    "RestartingSupervisor": "supervisor.restart.supervisor",
+    "RestartingSupervisor": "supervisor.restart.restarting_supervisor",
     "RestartPolicy": "supervisor.restart.policy",
     "RestartTracker": "supervisor.restart.policy",
     "RunnerRestarting": "supervisor.restart.events",

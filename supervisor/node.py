@@ -20,14 +20,14 @@ from loguru import logger
 
 from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.core.done import DONE, Done
-from supervisor.core.lifecycle import StateMachine
+from supervisor.core.statemachine import StateMachine
 from supervisor.errors import SupervisorClosedError, SupervisorError
 from supervisor.ops.observe import RunnerHealth, SupervisorObserver
 from supervisor.protocol import BaseEvent, BaseTask
 from supervisor.restart.group import RestartGroup
 from supervisor.restart.policy import RestartPolicy
+from supervisor.restart.restarting_supervisor import RestartingSupervisor
 from supervisor.restart.strategy import StartMode, Strategy
-from supervisor.restart.supervisor import RestartingSupervisor
 
 
 class UnknownRunnerError(KeyError):

@@ -27,8 +27,8 @@ from loguru import logger
 from supervisor.cli.inputs import InputError
 from supervisor.cli.output import Output
 from supervisor.config import RunnerSpec, SupervisorConfig
-from supervisor.core.lifecycle import Notifier, StateMachine
-from supervisor.core.supervisor import RunnerSupervisor
+from supervisor.core.runner_supervisor import RunnerSupervisor
+from supervisor.core.statemachine import Notifier, StateMachine
 from supervisor.errors import (
     DuplicateTaskError,
     RunnerFailedError,
@@ -39,7 +39,7 @@ from supervisor.ops.sdnotify import run_sd_notify
 from supervisor.protocol import BaseEvent, BaseTask, TaskStatus, TaskStatusUpdated
 from supervisor.restart.events import RunnerRestarting, SupervisorGaveUp
 from supervisor.restart.policy import RestartPolicy
-from supervisor.restart.supervisor import RestartingSupervisor
+from supervisor.restart.restarting_supervisor import RestartingSupervisor
 
 if TYPE_CHECKING:  # the health extra (prometheus_client) is optional
     from supervisor.ops.metrics import SupervisorMetrics

@@ -18,7 +18,6 @@ import anyio
 from loguru import logger
 
 from supervisor.config import SupervisorConfig
-from supervisor.core.lifecycle import Notifier
 from supervisor.core.liveness import (
     HeartbeatMonitor,
     ProgressMonitor,
@@ -28,6 +27,7 @@ from supervisor.core.liveness import (
     sample_process,
 )
 from supervisor.core.process import RunnerProcess
+from supervisor.core.statemachine import Notifier
 from supervisor.protocol import (
     BaseRunnerStatus,
     Detector,

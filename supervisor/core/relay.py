@@ -21,9 +21,9 @@ from supervisor.config import SupervisorConfig
 from supervisor.core.channel import ChannelReader, FrameError
 from supervisor.core.detectors import EndCause, Phase, phase_deadline
 from supervisor.core.host_stream import HostStream
-from supervisor.core.lifecycle import Notifier
 from supervisor.core.liveness import ProgressMonitor
 from supervisor.core.prober import Prober
+from supervisor.core.statemachine import Notifier
 from supervisor.core.tasks import TaskBook
 from supervisor.protocol import (
     BUSY_STATUSES,

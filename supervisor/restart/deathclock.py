@@ -12,7 +12,7 @@ import time
 
 import anyio
 
-from supervisor.core.supervisor import RunnerSupervisor
+from supervisor.core.runner_supervisor import RunnerSupervisor
 from supervisor.protocol import RunnerFailed
 
 #: Failures in which the process is gone: their death time is when it exited.

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from supervisor.core.lifecycle import Notifier
+from supervisor.core.statemachine import Notifier
 from supervisor.errors import SupervisorError
 from supervisor.protocol import BaseEvent
 from supervisor.restart.events import GroupGaveUp, GroupRestarting
@@ -57,7 +57,7 @@ from supervisor.restart.strategy import (
 )
 
 if TYPE_CHECKING:
-    from supervisor.restart.supervisor import RestartingSupervisor
+    from supervisor.restart.restarting_supervisor import RestartingSupervisor
 
 
 class RestartGroup:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 from loguru import logger
 
-from supervisor.core.supervisor import RunnerSupervisor
+from supervisor.core.runner_supervisor import RunnerSupervisor
 from supervisor.errors import RunnerFailedError, SupervisorClosedError
 from supervisor.ops.phases import Phase, phase_of
 from supervisor.protocol import (

@@ -18,8 +18,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from loguru import logger
 
 from supervisor.config import RunnerSpec, SupervisorConfig
-from supervisor.core.lifecycle import Notifier
-from supervisor.core.supervisor import RunnerSupervisor
+from supervisor.core.runner_supervisor import RunnerSupervisor
+from supervisor.core.statemachine import Notifier
 from supervisor.protocol import BaseEvent, RunnerFailed
 
 #: After a spare could not be started, wait this long before trying again.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import anyio
 
-from supervisor.core.lifecycle import Notifier
+from supervisor.core.statemachine import Notifier
 from supervisor.restart.incarnation import Incarnation
 
 

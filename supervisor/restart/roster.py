@@ -15,7 +15,7 @@ import anyio
 import anyio.abc
 from loguru import logger
 
-from supervisor.core.lifecycle import Notifier
+from supervisor.core.statemachine import Notifier
 from supervisor.errors import SupervisorError
 from supervisor.protocol import BaseTask
 from supervisor.restart.incarnation import Incarnation

@@ -1,7 +1,7 @@
 """What a `RestartingSupervisor` shows the outside: read-only, cheap, no system calls.
 
 Kept apart from the supervisor's logic so that each stays small; the state read
-here is owned and changed by `supervisor.restart.supervisor`.
+here is owned and changed by `supervisor.restart.restarting_supervisor`.
 """
 
 from __future__ import annotations
@@ -10,16 +10,16 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from supervisor.core.lifecycle import StateMachine
 from supervisor.core.liveness import ResourceSample
-from supervisor.core.supervisor import RunnerSupervisor
+from supervisor.core.runner_supervisor import RunnerSupervisor
+from supervisor.core.statemachine import StateMachine
 from supervisor.errors import RunnerUnavailableError, SupervisorClosedError, SupervisorError
 from supervisor.ops.observe import RunnerHealth
 from supervisor.ops.phases import Phase
 from supervisor.protocol import BaseRunnerStatus, BaseTask, RunnerFailed, RunnerIdle
 from supervisor.restart.launcher import Launcher
-from supervisor.restart.lifecycle import RestartState
 from supervisor.restart.policy import GiveUp, RestartTracker
+from supervisor.restart.restart_states import RestartState
 from supervisor.restart.roster import Roster
 
 if TYPE_CHECKING:

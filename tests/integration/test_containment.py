@@ -186,8 +186,8 @@ async def test_a_small_tree_under_the_limit_lives(tmp_path: Path) -> None:
             sample = r.sup.resources
             rss_sum = sum(psutil.Process(p).memory_info().rss for p in [r.sup.pid, *tree])
             # what the coordinator lists in RunnerFailed diagnostics before a kill
-            listed = r.sup._proc.descendants()
-            tree_memory = r.sup._proc.tree_memory()
+            listed = r.sup.ranks[0]._proc.descendants()
+            tree_memory = r.sup.ranks[0]._proc.tree_memory()
         finally:
             r.sup.shutdown()
             await r.finished()

@@ -55,7 +55,7 @@ async def test_an_out_of_memory_request_the_engine_handles_is_not_fatal() -> Non
         await r.rec.wait_for(lambda: bool(r.rec.terminal("big")))
         await r.sup.start_task(Generate(task_id="small", prompt="x", max_tokens=4))
         await r.rec.wait_for(lambda: bool(r.rec.terminal("small")))
-        assert any("CUDA out of memory" in line for line in r.sup._proc.output.tail)
+        assert any("CUDA out of memory" in line for line in r.sup.ranks[0]._proc.output.tail)
     assert r.rec.terminal("big") == [TaskStatus.Failed]
     assert r.rec.terminal("small") == [TaskStatus.Complete]
     assert r.rec.failures() == []

@@ -18,7 +18,7 @@ from supervisor import (
     UnknownRunnerError,
 )
 from supervisor.core.done import DONE
-from supervisor.core.lifecycle import check_table
+from supervisor.core.statemachine import check_table
 from supervisor.node import TRANSITIONS, NodeState
 from supervisor.protocol import BaseEvent, Generate, TaskStatus
 from tests.support.restart_harness import running_node

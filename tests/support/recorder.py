@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from supervisor.core.lifecycle import Notifier
+from supervisor.core.statemachine import Notifier
 from supervisor.protocol import (
     BaseEvent,
     ChunkGenerated,

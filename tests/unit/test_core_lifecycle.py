@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from supervisor.core.lifecycle import (
+from supervisor.core.statemachine import (
     LIFE_TABLE,
     IllegalTransition,
     Life,

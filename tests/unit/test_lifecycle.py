@@ -7,7 +7,7 @@ import enum
 import anyio
 import pytest
 
-from supervisor.core.lifecycle import IllegalTransition, Notifier, StateMachine, check_table
+from supervisor.core.statemachine import IllegalTransition, Notifier, StateMachine, check_table
 
 
 class Door(enum.Enum):

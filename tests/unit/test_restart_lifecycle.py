@@ -15,10 +15,10 @@ from supervisor import (
     SupervisorClosedError,
 )
 from supervisor.core.done import DONE
-from supervisor.core.lifecycle import IllegalTransition, check_table
+from supervisor.core.statemachine import IllegalTransition, check_table
 from supervisor.ops.phases import ALL_PHASES
 from supervisor.protocol import BaseEvent, Generate
-from supervisor.restart.lifecycle import (
+from supervisor.restart.restart_states import (
     SHOWN_PHASE,
     TRANSITIONS,
     RestartState,

@@ -33,7 +33,7 @@ from loguru import logger
 from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.core.done import DONE, Done
 from supervisor.core.host_stream import HostStream
-from supervisor.core.lifecycle import Notifier
+from supervisor.core.statemachine import Notifier
 from supervisor.errors import (
     DuplicateTaskError,
     RunnerUnavailableError,
@@ -42,6 +42,8 @@ from supervisor.ops.observe import SupervisorObserver
 from supervisor.protocol import (
     BaseEvent,
     BaseTask,
+    Detector,
+    FailureReason,
     LoadModel,
     RunnerFailed,
     RunnerReady,
@@ -54,7 +56,6 @@ from supervisor.protocol import (
 from supervisor.restart.events import RunnerRestarting, SupervisorGaveUp
 from supervisor.restart.incarnation import Incarnation
 from supervisor.restart.launcher import Launcher
-from supervisor.restart.lifecycle import RestartState, restart_lifecycle
 from supervisor.restart.policy import (
     Decision,
     GiveUp,
@@ -65,6 +66,7 @@ from supervisor.restart.policy import (
 )
 from supervisor.restart.recycle import RecycleCounter
 from supervisor.restart.replace import Replacement
+from supervisor.restart.restart_states import RestartState, restart_lifecycle
 from supervisor.restart.roster import Roster
 from supervisor.restart.view import RestartingView
 
@@ -197,6 +199,22 @@ class RestartingSupervisor(RestartingView):
         """Stop for good now: `shutdown`, and SIGKILL every runner process of this id."""
         self.shutdown()
         self._roster.kill()
+        return DONE
+
+    def fail(
+        self,
+        reason: FailureReason,
+        message: str,
+        *,
+        detected_by: Detector,
+        diagnostics: Sequence[str] = (),
+    ) -> Done:
+        """An outside watcher (GPU health) found the current runner broken: fail that
+        incarnation now, as if a detector had; the policy decides what follows, as
+        after any failure. Nothing happens between incarnations. Never blocks."""
+        sup = self.current
+        if sup is not None and not sup.finished:
+            sup.fail(reason, message, detected_by=detected_by, diagnostics=diagnostics)
         return DONE
 
     async def replace(self, *, drain_timeout: float | None = None) -> None:

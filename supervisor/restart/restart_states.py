@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 
-from supervisor.core.lifecycle import StateMachine
+from supervisor.core.statemachine import StateMachine
 from supervisor.ops.phases import Phase
 
 

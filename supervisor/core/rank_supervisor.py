@@ -1,6 +1,9 @@
-"""`RunnerSupervisor`: one runner incarnation, watched from an anyio task group.
+"""`RankSupervisor`: one runner process (one rank of a logical runner), watched from
+an anyio task group.
 
-A coordinator over named parts: the task book (`tasks`), the relay of events to
+`RunnerSupervisor` (``runner_supervisor``) is the logical runner the host talks to;
+it is made of one `RankSupervisor` per rank process. This is a coordinator over
+named parts: the task book (`tasks`), the relay of events to
 the host and of the end's report (`relay`), the watch loops (`detectors`), the
 health canary (`prober`) and the classification of the end (`verdict`). It owns
 the commands, the stop path and the one path that ends an incarnation; its
@@ -12,7 +15,7 @@ from __future__ import annotations
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import NoReturn
 
 import anyio
@@ -24,11 +27,11 @@ from supervisor.core import verdict
 from supervisor.core.detectors import Detectors, EndCause
 from supervisor.core.done import DONE, Done
 from supervisor.core.host_stream import HostStream
-from supervisor.core.lifecycle import LIFE_TABLE, Life, Notifier, StateMachine, Stop
 from supervisor.core.liveness import ResourceSample
 from supervisor.core.prober import Prober
 from supervisor.core.process import RunnerProcess
 from supervisor.core.relay import Relay
+from supervisor.core.statemachine import LIFE_TABLE, Life, Notifier, StateMachine, Stop
 from supervisor.core.tasks import RECENT_TASK_IDS as RECENT_TASK_IDS
 from supervisor.core.tasks import TaskBook, validate_task
 from supervisor.errors import RunnerFailedError, SupervisorClosedError
@@ -38,14 +41,16 @@ from supervisor.protocol import (
     BaseRunnerStatus,
     BaseTask,
     CancelTask,
+    Detector,
+    FailureReason,
     RunnerFailed,
     RunnerReady,
     Shutdown,
 )
 
 
-class RunnerSupervisor:
-    """Spawns one runner, forwards its events, and reports its failure exactly once."""
+class RankSupervisor:
+    """Spawns one runner process, forwards its events, and reports its end exactly once."""
 
     def __init__(
         self,
@@ -82,6 +87,7 @@ class RunnerSupervisor:
         self._stop_changed = Notifier()
         self._book = TaskBook()
         self._cause: EndCause | None = None
+        self._early_end: EndCause | None = None  # `fail` before `run`
         self._scope: anyio.CancelScope | None = None
         self._prober = Prober(
             config,
@@ -121,7 +127,7 @@ class RunnerSupervisor:
         config: SupervisorConfig | None = None,
         runner_id: str | None = None,
         incarnation: int = 1,
-    ) -> RunnerSupervisor:
+    ) -> RankSupervisor:
         """Spawn the runner process now; call `run` to watch it.
 
         ``incarnation`` numbers this runner id's processes (a restarting supervisor
@@ -265,6 +271,27 @@ class RunnerSupervisor:
             self._proc.kill_group()
         return DONE
 
+    def fail(
+        self,
+        reason: FailureReason,
+        message: str,
+        *,
+        detected_by: Detector,
+        diagnostics: Sequence[str] = (),
+    ) -> Done:
+        """An outside watcher (GPU health, an operator's tool) found the runner broken:
+        end it now as a failure with ``reason``. The usual end path reports it (once,
+        if nothing else ended it first), fails its tasks and stops the process. Never
+        blocks; before `run` the failure is reported as soon as `run` starts."""
+        cause = EndCause(
+            detected_by=detected_by, reason=reason, message=message, evidence=tuple(diagnostics)
+        )
+        if self._life.state is Life.CREATED:
+            self._early_end = self._early_end or cause
+        else:
+            self._end(cause)
+        return DONE
+
     def _ask_stop(self, level: Stop) -> None:
         if level > self._stop:
             self._stop = level
@@ -274,8 +301,10 @@ class RunnerSupervisor:
     async def run(self) -> None:
         """Watch the runner until it shuts down or fails. Never raises for a failure."""
         if not self._life.can(Life.RUNNING):
-            raise RuntimeError("RunnerSupervisor.run() may only be called once")
+            raise RuntimeError("RankSupervisor.run() may only be called once")
         self._life.transition(Life.RUNNING)
+        if self._early_end is not None:
+            self._end(self._early_end)
         watch = self._watch
         watchers: list[Callable[[], Awaitable[None]]] = [
             self._relay.forward_events,
@@ -289,10 +318,11 @@ class RunnerSupervisor:
             self._prober.run,
         ]
         try:
-            async with anyio.create_task_group() as tg:
-                self._scope = tg.cancel_scope
-                for watcher in watchers:
-                    tg.start_soon(self._guard, watcher)
+            if self._life.state is Life.RUNNING:
+                async with anyio.create_task_group() as tg:
+                    self._scope = tg.cancel_scope
+                    for watcher in watchers:
+                        tg.start_soon(self._guard, watcher)
             await self._finish()
         finally:
             if not self.finished:
