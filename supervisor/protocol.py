@@ -105,18 +105,25 @@ class RunnerShutdown(BaseRunnerStatus):
     pass
 
 
+#: Why a runner failed; docs/operations.md ("Why did my runner die?") gives each one's
+#: evidence and how to tell it from its look-alikes.
 FailureReason: TypeAlias = Literal[
     "exited",
     "signalled",
+    "oom_killed",  # SIGKILL from the kernel's OOM killer (its counters or log say so)
     "crashed",
+    "channel_closed",  # the runner closed its event channel and lived on: we stopped it
     "unresponsive",
     "stalled",
     "memory_limit",
     "probe_failed",
     "fatal_log",
+    "supervisor_error",  # a bug in the supervisor, not the runner
+    "spawn_failed",  # the runner process could not be started
+    "abandoned",  # the host cancelled the supervisor: it killed the runner
 ]
 Detector: TypeAlias = Literal[
-    "sentinel", "poll", "channel", "heartbeat", "progress", "probe", "log"
+    "sentinel", "poll", "channel", "heartbeat", "progress", "probe", "log", "supervisor"
 ]
 
 

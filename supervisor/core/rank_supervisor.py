@@ -24,8 +24,9 @@ from loguru import logger
 
 from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.core import verdict
-from supervisor.core.detectors import Detectors, EndCause
+from supervisor.core.detectors import Detectors, EndCause, sleep_on_grid
 from supervisor.core.done import DONE, Done
+from supervisor.core.evidence import OomEvidence, OomWitness
 from supervisor.core.host_stream import HostStream
 from supervisor.core.liveness import ResourceSample
 from supervisor.core.prober import Prober
@@ -69,6 +70,8 @@ class RankSupervisor:
         self.exit_code: int | None = None
         self.incarnation = incarnation
         self._proc = proc
+        #: the kernel's OOM counters over this runner's life, read after a SIGKILL
+        self._oom = OomWitness()
         # Lines bound to a runner reach its log file (and are fields of JSON logs).
         # (No pid bound: under a keeper the runner's own pid comes later; the file reads it.)
         self._log = logger.bind(runner_id=runner_id, incarnation=incarnation)
@@ -316,6 +319,7 @@ class RankSupervisor:
             self._proc.output.pump,
             self._escalate_stop,
             self._prober.run,
+            self._note_cgroup,
         ]
         try:
             if self._life.state is Life.RUNNING:
@@ -357,7 +361,8 @@ class RankSupervisor:
         except Exception as exc:  # noqa: BLE001 - a supervisor bug must not take down the host
             self._log.opt(exception=exc).error("supervisor {} internal error", self.runner_id)
             message = f"supervisor internal error: {type(exc).__name__}: {exc}"
-            self._end(EndCause(detected_by="channel", reason="crashed", message=message))
+            cause = EndCause(detected_by="supervisor", reason="supervisor_error", message=message)
+            self._end(cause)
 
     def _idle(self) -> bool:
         book = self._book
@@ -367,6 +372,16 @@ class RankSupervisor:
             and not book.in_progress
             and self._stop is Stop.NONE
         )
+
+    async def _note_cgroup(self) -> None:
+        """Follow the runner's memory cgroup while it lives: after it is gone, its
+        cgroup can no longer be found, and its OOM counter is the kernel's evidence."""
+        pid = await self._proc.wait_runner_pid()
+        if pid is None:
+            return
+        while True:
+            self._oom.note(pid)
+            await sleep_on_grid(self.config.poll_interval)
 
     async def _escalate_stop(self) -> None:
         await self._stop_changed.wait_until(lambda: self._stop is not Stop.NONE)
@@ -423,12 +438,15 @@ class RankSupervisor:
     async def _end_exited_runner(self, cause: EndCause) -> None:
         proc, cfg = self._proc, self.config
         code = await proc.wait_exit(1.0)
+        stopped_by_us = False
         if code is None:
             # EOF on the event channel but still running: it closed its end or is
-            # tearing down; it is useless to us either way.
+            # tearing down; it is useless to us either way. The signal it then dies
+            # of is ours, and its report must say so.
             code = await proc.terminate(cfg.stop_grace)
             if self._stop is Stop.ASKED:
                 self._ask_stop(Stop.FORCED)
+            stopped_by_us = True
         proc.kill_group()  # grandchildren in the runner's group die with it
         await proc.output.drain(0.1)
         await self._relay.drain()
@@ -437,8 +455,22 @@ class RankSupervisor:
             await self._relay.report_stop(verdict.stop_note(code))
             return
         crash, resources = self._relay.crash, self.resources
+        oom: OomEvidence | None = None
+        if code == -signal.SIGKILL and not stopped_by_us and crash is None:
+            # Off the loop: the kernel log may hold thousands of records.
+            pids = {proc.process_pid, proc.pid}
+            oom = await anyio.to_thread.run_sync(self._oom.collect, pids)
         await self._relay.report_failure(
-            verdict.exit_failure(code, cause.detected_by, crash, resources, proc.output, cfg)
+            verdict.exit_failure(
+                code,
+                cause.detected_by,
+                crash,
+                resources,
+                proc.output,
+                cfg,
+                oom=oom,
+                stopped_by_us=stopped_by_us,
+            )
         )
 
     async def _abandon(self) -> None:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import signal
 from collections.abc import Sequence
 
-import psutil
-
 from supervisor.config import SupervisorConfig
 from supervisor.core.detectors import EndCause
 from supervisor.core.diagnostics import OutputCapture
+from supervisor.core.evidence import OomEvidence
 from supervisor.core.liveness import ResourceSample
-from supervisor.core.process import describe_exit, describe_signal
+from supervisor.core.process import describe_exit
 from supervisor.protocol import (
     BaseRunnerStatus,
     CrashReport,
@@ -66,22 +65,38 @@ def exit_failure(
     resources: ResourceSample | None,
     output: OutputCapture,
     config: SupervisorConfig,
+    *,
+    oom: OomEvidence | None = None,
+    stopped_by_us: bool = False,
 ) -> RunnerFailed:
-    """The runner exited (or could not be reaped) without being asked to."""
+    """The runner exited (or could not be reaped) without being asked to.
+
+    ``oom``: the kernel's evidence, read after a SIGKILL death. ``stopped_by_us``:
+    the runner had closed its event channel and lived on, so the supervisor
+    signalled it; the signal it died of is then ours, not an outsider's."""
     extra: list[str] = []
-    signum: int | None = None
+    signum = -code if code is not None and code < 0 else None
     reason: FailureReason
-    if code is None:
+    if stopped_by_us:
+        reason = "channel_closed"
+        how = describe_exit(code) if code is not None else "not reaped"
+        message = (
+            "runner closed its event channel (EOF) and was still running; "
+            f"the supervisor stopped it ({how})"
+        )
+    elif code is None:
         reason, message = "exited", "runner could not be reaped"
     elif crash is not None:
         reason = "crashed"
         message = f"{describe_exit(code)}: {crash.error}"
         extra.extend(crash.traceback.rstrip().splitlines())
-    elif code < 0:
-        signum = -code
+    elif signum is not None:
         reason, message = "signalled", describe_exit(code)
         if signum == signal.SIGKILL:
-            extra.append(sigkill_hint(resources, config.memory_limit))
+            if oom is not None and oom.oom_killed:
+                reason = "oom_killed"
+                message = f"killed by the kernel's OOM killer ({describe_exit(code)})"
+            extra.extend(sigkill_evidence(oom, resources))
     elif code == 0:
         reason, message = "exited", "exitcode=0 without a Shutdown"
     else:
@@ -96,28 +111,38 @@ def exit_failure(
     )
 
 
-def sigkill_hint(resources: ResourceSample | None, memory_limit: int | None) -> str:
-    """SIGKILL that we did not send is most often the kernel's OOM killer."""
-    if resources is None:
-        return "SIGKILL from outside: an OOM kill or an operator (no RSS sample yet)"
-    rss = resources.rss
-    high = rss > (memory_limit * 0.8 if memory_limit else psutil.virtual_memory().total * 0.5)
-    verdict = "likely OOM-killed" if high else "SIGKILL from outside (OOM killer or operator)"
-    return f"{verdict}; last RSS {rss / 2**20:.0f} MiB"
+def sigkill_evidence(oom: OomEvidence | None, resources: ResourceSample | None) -> list[str]:
+    """The diagnostics lines of a SIGKILL the supervisor did not send: the kernel's
+    OOM evidence, or, when it counted none, that someone outside sent it."""
+    rss = (
+        "" if not resources or not resources.rss else f"; last RSS {resources.rss / 2**20:.0f} MiB"
+    )
+    if oom is None or not oom.any_counter:
+        return [f"SIGKILL from outside the supervisor (no OOM counters readable here){rss}"]
+    if oom.oom_killed:
+        return [f"OOM kill counted: {oom.counters()}{rss}", *oom.kernel_lines]
+    if oom.system_kills and oom.cgroup_kills is None and not oom.kmsg_readable:
+        # Someone was OOM-killed meanwhile, and nothing here can say whether it was us.
+        return [
+            "SIGKILL from outside the supervisor; the system counted "
+            f"{oom.system_kills} OOM kill(s) meanwhile, but neither the runner's memory "
+            f"cgroup nor the kernel log could say whose: {oom.counters()}{rss}"
+        ]
+    return [
+        "SIGKILL from outside the supervisor (an operator, a scheduler, another program); "
+        f"the kernel counted no OOM kill of the runner: {oom.counters()}{rss}"
+    ]
 
 
 def abandoned(code: int | None) -> RunnerFailed:
     """The host cancelled `run`: we killed the runner, and say so."""
-    message = "supervisor stopped; runner killed"
-    if code is not None and code < 0:
-        return RunnerFailed(
-            reason="signalled",
-            error_message=f"{message} ({describe_signal(-code)})",
-            signal=-code,
-            detected_by="channel",
-        )
+    how = "" if code is None else f" ({describe_exit(code)})"
     return RunnerFailed(
-        reason="exited", error_message=message, exit_code=code, detected_by="channel"
+        reason="abandoned",
+        error_message=f"supervisor cancelled by the host; it killed the runner{how}",
+        exit_code=code if code is not None and code >= 0 else None,
+        signal=-code if code is not None and code < 0 else None,
+        detected_by="supervisor",
     )
 
 
@@ -133,7 +158,7 @@ __all__ = [
     "exit_failure",
     "is_stop",
     "live_failure",
-    "sigkill_hint",
+    "sigkill_evidence",
     "stack_dump_note",
     "stop_note",
 ]

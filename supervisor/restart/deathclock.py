@@ -16,7 +16,7 @@ from supervisor.core.runner_supervisor import RunnerSupervisor
 from supervisor.protocol import RunnerFailed
 
 #: Failures in which the process is gone: their death time is when it exited.
-_DEATHS = frozenset({"exited", "signalled", "crashed"})
+_DEATHS = frozenset({"exited", "signalled", "oom_killed", "crashed"})
 
 
 def _open_pidfd(pid: int) -> int | None:

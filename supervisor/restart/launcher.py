@@ -86,9 +86,9 @@ class Launcher:
             # One line: a spawn failure is an operational error, its cause is in the message.
             logger.error("runner {}: could not start the runner: {!r}", self.runner_id, exc)
             return RunnerFailed(
-                reason="crashed",
+                reason="spawn_failed",
                 error_message=f"could not start the runner: {type(exc).__name__}: {exc}",
-                detected_by="channel",
+                detected_by="supervisor",
             )
         launched.adopted = True
         return launched

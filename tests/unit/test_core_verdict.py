@@ -6,6 +6,7 @@ import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,8 @@ from supervisor.config import SupervisorConfig
 from supervisor.core import verdict
 from supervisor.core.detectors import EndCause, phase_deadline
 from supervisor.core.diagnostics import OutputCapture
-from supervisor.core.liveness import HeartbeatMonitor, ResourceSample
+from supervisor.core.evidence import OomEvidence
+from supervisor.core.liveness import HeartbeatMonitor
 from supervisor.protocol import (
     CrashReport,
     RunnerFailed,
@@ -91,13 +93,75 @@ def _check_exit_codes(output: OutputCapture) -> None:
     assert crashed.diagnostics[:2] == ("Traceback", "  at load")
 
 
-def test_sigkill_hint_reads_the_last_rss_against_the_limit() -> None:
-    def sample(mib: int) -> ResourceSample:
-        return ResourceSample(rss=mib * MiB, cpu_percent=0.0, when=0.0)
+def _oom(**fields: object) -> OomEvidence:
+    return OomEvidence(**fields)  # type: ignore[arg-type]
 
-    assert verdict.sigkill_hint(sample(900), 1000 * MiB) == "likely OOM-killed; last RSS 900 MiB"
-    assert verdict.sigkill_hint(sample(100), 1000 * MiB).startswith("SIGKILL from outside")
-    assert "no RSS sample yet" in verdict.sigkill_hint(None, 1000 * MiB)
+
+@pytest.mark.parametrize(
+    ("evidence", "reason", "first"),
+    [
+        # the kernel log names the pid: an OOM kill, whatever the counters
+        (
+            _oom(system_kills=1, kernel_lines=("Killed process 7 (python)",), kmsg_readable=True),
+            "oom_killed",
+            "OOM kill counted:",
+        ),
+        # the runner's own cgroup counted a kill (no kernel log here)
+        (
+            _oom(cgroup=Path("/cg"), cgroup_kills=1, system_kills=1),
+            "oom_killed",
+            "OOM kill counted: memory cgroup /cg oom_kill +1, system oom_kill +1; "
+            "/dev/kmsg not readable",
+        ),
+        # counters read and unmoved: someone outside sent it
+        (
+            _oom(cgroup=Path("/cg"), cgroup_kills=0, system_kills=0, kmsg_readable=True),
+            "signalled",
+            "SIGKILL from outside the supervisor (an operator, a scheduler, another program); "
+            "the kernel counted no OOM kill of the runner: memory cgroup /cg oom_kill +0, "
+            "system oom_kill +0",
+        ),
+        # another cgroup's OOM kill: the system counter alone names nobody
+        (
+            _oom(cgroup=Path("/cg"), cgroup_kills=0, system_kills=2, kmsg_readable=True),
+            "signalled",
+            "SIGKILL from outside the supervisor (an operator",
+        ),
+        # only the system counter, and it moved: said, not concluded
+        (_oom(system_kills=1), "signalled", "SIGKILL from outside the supervisor; the system"),
+        (None, "signalled", "SIGKILL from outside the supervisor (no OOM counters readable"),
+    ],
+)
+@pytest.mark.anyio
+async def test_a_sigkill_is_an_oom_kill_only_on_the_kernels_word(
+    evidence: OomEvidence | None, reason: str, first: str
+) -> None:
+    with captured() as output:
+        failure = verdict.exit_failure(
+            -signal.SIGKILL, "sentinel", None, None, output, CONFIG, oom=evidence
+        )
+    assert failure.reason == reason
+    assert failure.signal == signal.SIGKILL
+    assert failure.diagnostics[0].startswith(first), failure.diagnostics[0]
+    if reason == "signalled":
+        assert failure.error_message == "signal=9 (Killed)"
+        assert not any(g in failure.diagnostics[0] for g in ("likely OOM", "OOM kill or"))
+    else:
+        assert failure.error_message == "killed by the kernel's OOM killer (signal=9 (Killed))"
+
+
+@pytest.mark.anyio
+async def test_the_supervisors_own_signal_is_never_an_outside_kill() -> None:
+    with captured() as output:
+        failure = verdict.exit_failure(
+            -signal.SIGKILL, "channel", None, None, output, CONFIG, stopped_by_us=True
+        )
+    assert failure.reason == "channel_closed"
+    assert failure.error_message == (
+        "runner closed its event channel (EOF) and was still running; "
+        "the supervisor stopped it (signal=9 (Killed))"
+    )
+    assert not any("SIGKILL" in line or "OOM" in line for line in failure.diagnostics)
 
 
 @pytest.mark.anyio
@@ -115,10 +179,13 @@ async def test_a_live_failure_carries_its_notes_first() -> None:
 
 def test_abandoned_and_stop_notes() -> None:
     killed = verdict.abandoned(-signal.SIGKILL)
-    assert (killed.reason, killed.signal, killed.exit_code) == ("signalled", 9, None)
-    assert killed.error_message == "supervisor stopped; runner killed (signal=9 (Killed))"
+    assert (killed.reason, killed.signal, killed.exit_code) == ("abandoned", 9, None)
+    assert killed.detected_by == "supervisor"
+    assert killed.error_message == (
+        "supervisor cancelled by the host; it killed the runner (signal=9 (Killed))"
+    )
     gone = verdict.abandoned(None)
-    assert (gone.reason, gone.signal, gone.exit_code) == ("exited", None, None)
+    assert (gone.reason, gone.signal, gone.exit_code) == ("abandoned", None, None)
     assert verdict.abandoned(3).exit_code == 3
     assert verdict.stop_note(0) == ""
     assert verdict.stop_note(-signal.SIGTERM) == " (signal=15 (Terminated))"

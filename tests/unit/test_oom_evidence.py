@@ -1,0 +1,105 @@
+"""The kernel's OOM evidence: cgroup and vmstat counters, kernel log records (no
+processes: fake /proc trees and records)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from supervisor.core.evidence import OomWitness, kmsg, memcg
+
+V1_CGROUP = "9:name=systemd:/\n4:memory:/jobs/a\n3:cpuset:/\n0::/\n"
+V2_CGROUP = "0::/jobs/b\n"
+MOUNTINFO = (
+    "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
+    "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"
+)
+V2_ONLY = "41 31 0:38 / /sys/fs/cgroup rw,relatime - cgroup2 cgroup2 rw\n"
+MEMCG_LINE = (
+    "6,900,1378145515,-;Memory cgroup out of memory: Killed process 4242 (python) "
+    "total-vm:193868kB, anon-rss:108928kB\n"
+)
+SUMMARY = (
+    "6,899,1378145510,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,"
+    "task=python,pid=4242,uid=0\n SUBSYSTEM=memory\n"
+)
+
+
+def test_the_memory_cgroup_is_v1_where_the_controller_lives_there() -> None:
+    cg = memcg.memory_cgroup(V1_CGROUP, MOUNTINFO)
+    assert cg == memcg.MemoryCgroup(Path("/sys/fs/cgroup/memory/jobs/a"), 1)
+    assert cg.counter_file.name == "memory.oom_control"
+    v2 = memcg.memory_cgroup(V2_CGROUP, V2_ONLY)
+    assert v2 == memcg.MemoryCgroup(Path("/sys/fs/cgroup/jobs/b"), 2)
+    assert v2.counter_file.name == "memory.events"
+    assert memcg.memory_cgroup(V1_CGROUP, "") is None  # v1 path, hierarchy not mounted
+    assert memcg.memory_cgroup("", MOUNTINFO) is None
+
+
+def test_counters_read_the_oom_kill_line() -> None:
+    assert memcg.oom_kill_count("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n") == 3
+    assert memcg.oom_kill_count("low 0\nhigh 0\nmax 2\noom 1\noom_kill 1\n") == 1
+    assert memcg.oom_kill_count("pgfault 10\n") is None
+    assert memcg.oom_kill_count("oom_kill x\n") is None
+
+
+@given(st.text(max_size=300))
+def test_cgroup_parsers_never_raise(text: str) -> None:
+    memcg.memory_cgroup(text, text)
+    memcg.oom_kill_count(text)
+    kmsg.parse_record(text)
+    kmsg.oom_pid(text)
+
+
+def test_kernel_lines_name_the_pid_after_the_start() -> None:
+    records = [SUMMARY, MEMCG_LINE, "6,901,1378145600,-;Killed process 77 (other)\n"]
+    lines = kmsg.oom_lines(records, {4242}, since=1378.0)
+    assert lines == [SUMMARY.split(";", 1)[1].split("\n")[0], MEMCG_LINE.split(";", 1)[1][:-1]]
+    assert kmsg.oom_lines(records, {4242}, since=1379.0) == []  # before this runner
+    assert kmsg.oom_lines(records, {42}, since=0.0) == []  # pid 42 is not 4242
+    assert kmsg.oom_pid("Out of memory: Killed process 12 (x) total-vm:1kB") == 12
+    assert kmsg.oom_pid("oom_reaper: reaped process 12 (x)") is None
+    assert kmsg.parse_record("garbage") is None
+
+
+def test_an_unreadable_kernel_log_is_no_records(tmp_path: Path) -> None:
+    assert kmsg.read_records(str(tmp_path / "absent")) == []
+
+
+def _fake_proc(root: Path, pid: int, cgroup_text: str, stat_flags: int, state: str = "S") -> None:
+    (root / str(pid)).mkdir(parents=True, exist_ok=True)
+    (root / str(pid) / "cgroup").write_text(cgroup_text)
+    (root / str(pid) / "stat").write_text(f"{pid} (py thon) {state} 1 1 1 0 -1 {stat_flags} 0 0\n")
+
+
+def test_the_witness_follows_a_move_and_reads_the_increase(tmp_path: Path) -> None:
+    proc, fs = tmp_path / "proc", tmp_path / "fs"
+    (proc / "self").mkdir(parents=True)
+    mount = f"35 31 0:32 / {fs} rw - cgroup cgroup rw,memory\n"
+    (proc / "self" / "mountinfo").write_text(mount)
+    (proc / "vmstat").write_text("nr_free_pages 1\noom_kill 5\n")
+    for name, kills in (("a", 2), ("b", 7)):
+        (fs / name).mkdir(parents=True)
+        (fs / name / "memory.oom_control").write_text(f"oom_kill_disable 0\noom_kill {kills}\n")
+    witness = OomWitness(str(proc), kmsg_path=str(tmp_path / "no-kmsg"))
+    _fake_proc(proc, 10, "4:memory:/a\n", 0)
+    witness.note(10)
+    _fake_proc(proc, 10, "4:memory:/b\n", 0)  # moved into b
+    witness.note(10)
+    _fake_proc(proc, 10, "4:memory:/\n", 0x4, "R")  # exiting: v1 shows the root now
+    witness.note(10)
+    (fs / "b" / "memory.oom_control").write_text("oom_kill 8\n")
+    (proc / "vmstat").write_text("oom_kill 6\n")
+    evidence = witness.collect([10])
+    assert evidence.cgroup == fs / "b"
+    assert (evidence.cgroup_kills, evidence.system_kills) == (1, 1)
+    assert evidence.oom_killed
+    assert not evidence.kmsg_readable
+
+
+def test_the_real_system_counter_is_readable_on_linux() -> None:
+    if os.path.exists("/proc/vmstat"):
+        assert memcg.system_oom_kills() is not None
