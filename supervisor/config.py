@@ -149,6 +149,14 @@ class SupervisorConfig:
             "help": "fail the runner (reason 'memory_limit') when its RSS exceeds this many bytes"
         },
     )
+    gpu_memory_limit: int | None = field(
+        default=None,
+        metadata={
+            "help": "fail the runner (reason 'memory_limit', detected by 'nvml') when its "
+            "process tree holds more than this many bytes of GPU memory, per NVML; needs "
+            "the GPU watcher (--watch-gpus, the 'gpu' extra)"
+        },
+    )
     max_task_bytes: int = field(
         default=64 * 1024 * 1024,
         metadata={
@@ -270,6 +278,8 @@ class SupervisorConfig:
             )
         if self.memory_limit is not None and self.memory_limit <= 0:
             raise ValueError("SupervisorConfig.memory_limit must be > 0 bytes or None")
+        if self.gpu_memory_limit is not None and self.gpu_memory_limit <= 0:
+            raise ValueError("SupervisorConfig.gpu_memory_limit must be > 0 bytes or None")
         if self.containment not in CONTAINMENT_MODES:
             raise ValueError(
                 f"SupervisorConfig.containment must be one of {', '.join(CONTAINMENT_MODES)}, "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -28,6 +29,9 @@ from supervisor.restart.group import RestartGroup
 from supervisor.restart.policy import RestartPolicy
 from supervisor.restart.restarting_supervisor import RestartingSupervisor
 from supervisor.restart.strategy import StartMode, Strategy
+
+if TYPE_CHECKING:
+    from supervisor.gpu.watcher import GpuWatcher
 
 
 class UnknownRunnerError(KeyError):
@@ -91,6 +95,7 @@ class RunnerNode:
         self._tg: anyio.abc.TaskGroup | None = None
         self._waiting: list[RestartingSupervisor] = []  # added before run()
         self._life = StateMachine(NodeState.CREATED, TRANSITIONS)
+        self._gpu: GpuWatcher | None = None
 
     # ---------------------------------------------------------------- runners
     @property
@@ -282,7 +287,47 @@ class RunnerNode:
 
     # ---------------------------------------------------------------- health
     def health_snapshots(self) -> Sequence[RunnerHealth]:
-        return [r.health() for r in list(self._runners.values())]
+        snaps = [r.health() for r in list(self._runners.values())]
+        return snaps if self._gpu is None else self._gpu.annotate(snaps)
+
+    @property
+    def gpu_watcher(self) -> GpuWatcher | None:
+        """The node's GPU watcher (`watch_gpus`), None without one."""
+        return self._gpu
+
+    def watch_gpus(
+        self, *, nvml_module: Any = None, interval: float | None = None
+    ) -> GpuWatcher | None:
+        """Watch this node's GPUs through NVML (the ``gpu`` extra): one watcher for
+        every runner, failing those on a GPU with an Xid critical error (reason
+        ``gpu_fault``) or over their ``gpu_memory_limit``, and adding GPU memory, ECC
+        and retired pages to health (docs/gpu.md). Returns None, after one log line,
+        without the library or a GPU. Call before or while the node runs; it stops
+        once every runner has ended. ``nvml_module``: a stand-in for ``pynvml``."""
+        from supervisor.gpu.nvml import Nvml
+        from supervisor.gpu.watcher import SAMPLE_INTERVAL, GpuWatcher
+
+        if self._gpu is not None:
+            return self._gpu
+        if self._life.state not in (_N.CREATED, _N.RUNNING):
+            raise SupervisorClosedError("the node is shutting down; no GPU watcher")
+        nvml = Nvml.open(nvml_module)
+        if nvml is None:
+            return None
+        every = SAMPLE_INTERVAL if interval is None else interval
+        self._gpu = GpuWatcher(nvml, lambda: self._runners, interval=every)
+        if self._tg is not None:
+            self._tg.start_soon(self._watch_gpus, self._gpu, name="GPU watcher")
+        return self._gpu
+
+    async def _watch_gpus(self, watcher: GpuWatcher) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watcher.run)
+            await self._life.wait_for(_N.STOPPING, _N.FINISHED)
+            for runner in list(self._runners.values()):
+                if runner.started:  # a GPU fault while runners stop still counts
+                    await runner.wait_finished()
+            tg.cancel_scope.cancel()
 
     def add_observer(self, observer: SupervisorObserver) -> None:
         self._observers.append(observer)
@@ -307,6 +352,8 @@ class RunnerNode:
                 waiting, self._waiting = self._waiting, []
                 for runner in waiting:
                     tg.start_soon(self._supervise, runner, name=f"runner {runner.runner_id}")
+                if self._gpu is not None:
+                    tg.start_soon(self._watch_gpus, self._gpu, name="GPU watcher")
                 task_status.started()
                 await self._life.wait_for(_N.STOPPING)
                 for runner in list(self._runners.values()):

@@ -121,9 +121,10 @@ FailureReason: TypeAlias = Literal[
     "supervisor_error",  # a bug in the supervisor, not the runner
     "spawn_failed",  # the runner process could not be started
     "abandoned",  # the host cancelled the supervisor: it killed the runner
+    "gpu_fault",  # NVML: an Xid critical error, a double-bit ECC error, a lost GPU
 ]
 Detector: TypeAlias = Literal[
-    "sentinel", "poll", "channel", "heartbeat", "progress", "probe", "log", "supervisor"
+    "sentinel", "poll", "channel", "heartbeat", "progress", "probe", "log", "supervisor", "nvml"
 ]
 
 

@@ -31,7 +31,7 @@ CONFIG_FLAGS = FlagSet(
     SupervisorConfig,
     dest_prefix="cfg_",
     flag_names={"dump_stacks": "--no-stack-dump", "forward_output": "--no-forward-output"},
-    value_types={"memory_limit": SIZE},
+    value_types={"memory_limit": SIZE, "gpu_memory_limit": SIZE},
 )
 
 POLICY_FLAGS = FlagSet(

@@ -98,6 +98,27 @@ class _LiveCollector(Collector):
             "1 if every member of the restart group takes tasks",
             labels=["group"],
         )
+        gpu_memory = GaugeMetricFamily(
+            f"{PREFIX}_gpu_memory_bytes",
+            "GPU memory held by the runner's process tree, per NVML, as gpu_memory_limit "
+            "sees it (only with the GPU watcher)",
+            labels=["runner_id"],
+        )
+        gpu_ecc = GaugeMetricFamily(
+            f"{PREFIX}_gpu_ecc_uncorrected_errors",
+            "Uncorrected ECC errors since the driver loaded, on the GPUs the runner uses",
+            labels=["runner_id"],
+        )
+        gpu_retired = GaugeMetricFamily(
+            f"{PREFIX}_gpu_retired_pages",
+            "Pages retired or rows remapped for memory errors, on the GPUs the runner uses",
+            labels=["runner_id"],
+        )
+        gpu_pending = GaugeMetricFamily(
+            f"{PREFIX}_gpu_retirement_pending",
+            "1 if a page retirement or row remapping on the runner's GPUs waits for a reset",
+            labels=["runner_id"],
+        )
         snaps = list(self._snapshots())
         ready_ids = {h.runner_id for h in ready_runners(snaps)}
         groups: dict[str, bool] = {}
@@ -116,6 +137,14 @@ class _LiveCollector(Collector):
                 descendants.add_metric([rid], float(h.descendants))
             if h.containment is not None:
                 containment.add_metric([rid, h.containment], 1.0)
+            if h.gpu_memory is not None:
+                gpu_memory.add_metric([rid], float(h.gpu_memory))
+            if h.gpu_ecc_uncorrected is not None:
+                gpu_ecc.add_metric([rid], float(h.gpu_ecc_uncorrected))
+            if h.gpu_retired_pages is not None:
+                gpu_retired.add_metric([rid], float(h.gpu_retired_pages))
+            if h.gpu_retirement_pending is not None:
+                gpu_pending.add_metric([rid], 1.0 if h.gpu_retirement_pending else 0.0)
             in_flight.add_metric([rid, "pending"], float(h.pending))
             in_flight.add_metric([rid, "in_progress"], float(h.in_progress))
             for name in ALL_PHASES:
@@ -124,6 +153,7 @@ class _LiveCollector(Collector):
             incarnation.add_metric([rid], float(h.incarnation))
         yield from (heartbeat, rss, descendants, containment, in_flight, phase, ready, incarnation)
         yield group_ready
+        yield from (gpu_memory, gpu_ecc, gpu_retired, gpu_pending)
         yield CounterMetricFamily(
             f"{PREFIX}_log_lines_dropped",
             "Runner log-file lines dropped because the writer fell behind (slow or full disk), "

@@ -37,6 +37,16 @@ class RunnerHealth:
     descendants: int | None = None
     #: the group it restarts with (`RunnerNode.add_group`), if any
     group: str | None = None
+    #: GPU memory its process tree holds, in bytes, per NVML (the GPU watcher)
+    gpu_memory: int | None = None
+    #: uuids of the GPUs its processes are on
+    gpus: tuple[str, ...] = ()
+    #: uncorrected ECC errors since the driver loaded, on those GPUs
+    gpu_ecc_uncorrected: int | None = None
+    #: pages retired or rows remapped for memory errors, on those GPUs
+    gpu_retired_pages: int | None = None
+    #: a retirement or remapping on those GPUs waits for a GPU reset
+    gpu_retirement_pending: bool | None = None
 
 
 def ready_runners(snaps: Sequence[RunnerHealth]) -> list[RunnerHealth]:
