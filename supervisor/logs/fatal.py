@@ -6,18 +6,22 @@ GPU. They show up in the runner's output long before a heartbeat or progress dea
 trips. The defaults list only such errors; a per-request "CUDA out of memory" that the
 engine handles (and keeps serving) is not here.
 
-Every runner output line goes through `FatalMatcher.match`, so it must be cheap: the
-patterns are compiled into one alternation, and a line with none of the defaults'
-keywords (one lower-casing and a few substring tests, about ten times cheaper than the
-search) skips the defaults' alternation altogether.
+Every runner output line goes through `FatalMatcher.match`, in the event loop, so it
+must be cheap, and bounded whatever the pattern: patterns are matched with RE2, whose
+time is linear in the line (Python's `re` backtracks: ``(a+)+$`` against 27 ``a`` and a
+``!`` takes seconds). RE2 has no backreferences and no lookaround; such a pattern is a
+`ValueError`. The patterns are searched in one pass, as one RE2 set, and a line with
+none of the defaults' keywords (one lower-casing and a few substring tests, cheaper
+than the search) skips the defaults altogether.
 """
 
 from __future__ import annotations
 
 import functools
-import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+import re2
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,66 +127,60 @@ DEFAULT_FATAL_PATTERNS: tuple[FatalPattern, ...] = (
     ),
 )
 
-# A leading global flag group, e.g. "(?i)": inside an alternation it must be scoped.
-_LEADING_FLAGS = re.compile(r"^\(\?([aimsux]+)\)")
-# "\1" or "(?(1)": group numbers shift when patterns are joined, so such a pattern
-# is searched on its own.
-_NUMBERED_REF = re.compile(r"(?<!\\)(?:\\\\)*\\[1-9]|\(\?\(\d")
+# Errors come back as exceptions; RE2 must not also print them on stderr.
+_OPTIONS = re2.Options()
+_OPTIONS.log_errors = False
 
 
-def _compile(regex: object) -> re.Pattern[str]:
+def _compile(regex: object) -> None:
+    """`ValueError` (one line) unless RE2 takes ``regex`` and it needs some text."""
     if not isinstance(regex, str):
         raise ValueError(f"fatal pattern must be a string, got {type(regex).__name__}")
     try:
-        compiled = re.compile(regex)
-    except (re.error, OverflowError, RecursionError) as exc:
-        raise ValueError(f"invalid fatal pattern {regex!r}: {exc}") from None
+        compiled = re2.compile(regex, options=_OPTIONS)
+    except (re2.error, UnicodeError, TypeError, OverflowError) as exc:
+        said = exc.args[0] if exc.args else exc
+        if isinstance(said, bytes):
+            said = said.decode("utf-8", "backslashreplace")
+        why = " ".join(str(said).split())  # one line, whatever RE2 said
+        raise ValueError(
+            f"invalid fatal pattern {regex!r}: {why} (patterns are RE2: no backreferences, "
+            "no lookahead or lookbehind)"
+        ) from None
     if compiled.search("") is not None:
         raise ValueError(
             f"fatal pattern {regex!r} matches an empty line, so it would fail every runner"
         )
-    return compiled
 
 
-def _scoped(regex: str) -> str:
-    flags = ""
-    while m := _LEADING_FLAGS.match(regex):
-        flags += m.group(1)
-        regex = regex[m.end() :]
-    return f"(?{flags}:{regex})" if flags else f"(?:{regex})"
+def _searchable(line: str) -> str:
+    """``line`` as RE2 can take it: a lone surrogate (undecodable bytes the runner
+    wrote) cannot be encoded to UTF-8, so it is escaped as ``\\udcxx``."""
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-class _Alternation:
-    """Patterns searched as one compiled alternation; which one matched is asked only
-    on a hit. A pattern that cannot be joined is searched on its own."""
+class _PatternSet:
+    """Patterns searched in one pass (an RE2 set); the first of those found wins."""
 
-    __slots__ = ("_alone", "_each", "_search")
+    __slots__ = ("_match", "_patterns")
 
-    def __init__(self, compiled: list[tuple[FatalPattern, re.Pattern[str]]]) -> None:
-        self._each = compiled
-        parts: list[str] = []
-        self._alone: list[tuple[FatalPattern, re.Pattern[str]]] = []
-        for pattern, rx in compiled:
-            part = _scoped(pattern.regex)
-            if _NUMBERED_REF.search(pattern.regex) is None:
-                try:
-                    re.compile("|".join([*parts, part]))
-                except (re.error, OverflowError, RecursionError):
-                    pass  # e.g. a group name used twice, a verbose comment: on its own
-                else:
-                    parts.append(part)
-                    continue
-            self._alone.append((pattern, rx))
-        self._search = re.compile("|".join(parts)).search if parts else None
+    def __init__(self, patterns: list[FatalPattern]) -> None:
+        self._patterns = patterns
+        found = re2.Set.SearchSet(_OPTIONS)
+        for pattern in patterns:
+            found.Add(pattern.regex)
+        try:
+            found.Compile()
+        except re2.error:
+            raise ValueError(
+                f"the {len(patterns)} fatal patterns together are too large for RE2's "
+                "memory budget"
+            ) from None
+        self._match: Callable[[str], list[int] | None] = found.Match
 
     def find(self, line: str) -> str | None:
-        search = self._search
-        if search is not None and search(line) is not None:
-            return next((p.name for p, rx in self._each if rx.search(line) is not None), None)
-        for pattern, rx in self._alone:
-            if rx.search(line) is not None:
-                return pattern.name
-        return None
+        hits = self._match(line)
+        return None if not hits else self._patterns[min(hits)].name
 
 
 class FatalMatcher:
@@ -200,18 +198,25 @@ class FatalMatcher:
             *(DEFAULT_FATAL_PATTERNS if use_defaults else ()),
             *own,
         )
-        compiled = [(p, _compile(p.regex)) for p in self.patterns]
-        guarded = [(p, rx) for p, rx in compiled if p.keywords]
-        self._keywords = tuple(dict.fromkeys(k for p, _ in guarded for k in p.keywords))
-        self._guarded = _Alternation(guarded) if guarded else None
-        unguarded = [(p, rx) for p, rx in compiled if not p.keywords]
-        self._open = _Alternation(unguarded) if unguarded else None
+        for pattern in self.patterns:
+            _compile(pattern.regex)
+        guarded = [p for p in self.patterns if p.keywords]
+        self._keywords = tuple(dict.fromkeys(k for p in guarded for k in p.keywords))
+        self._guarded = _PatternSet(guarded) if guarded else None
+        unguarded = [p for p in self.patterns if not p.keywords]
+        self._open = _PatternSet(unguarded) if unguarded else None
 
     def __bool__(self) -> bool:
         return bool(self.patterns)
 
     def match(self, line: str) -> str | None:
         """The name of the first pattern found in ``line``, or None (the common case)."""
+        try:
+            return self._match(line)
+        except UnicodeEncodeError:
+            return self._match(_searchable(line))
+
+    def _match(self, line: str) -> str | None:
         if self._guarded is not None:
             low = line.lower()
             for word in self._keywords:

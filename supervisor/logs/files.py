@@ -9,47 +9,54 @@ merged, ``supervisor``), the incarnation and the pid::
     2026-05-09T12:00:03.456+00:00 supervisor inc=2 pid=4242 | ERROR   runner r1 failed ...
 
 Writing never blocks the caller (the supervisor's event loop): lines go into one
-bounded in-memory queue per directory, and one thread writes them through loguru file
-sinks (rotation, retention, compression). When the queue is full (a slow or full disk)
-lines are dropped and counted, never waited for. A line longer than `MAX_LINE_CHARS` is
-cut, with `TRUNCATED` at its end.
+bounded in-memory queue per directory, and one thread appends them to the files
+(rotation, retention, compression). Nothing is lost silently: a line the queue has no
+room for (a slow disk) or that cannot be written (a full disk) is counted in
+`dropped_lines`; a file removed while open is made again and counted in
+`reopened_log_files`; a character UTF-8 cannot hold is escaped. A line longer than
+`MAX_LINE_CHARS` is cut, with `TRUNCATED` at its end.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
-from supervisor.logs.writer import (
-    MAX_LINE_CHARS,
-    TRUNCATED,
-    LogWriter,
-    RunnerLog,
-    Stream,
-    check_file_options,
-    log_file_name,
-    log_path,
-)
+from loguru import logger
+
+from supervisor.logs.lines import MAX_LINE_CHARS, TRUNCATED
+from supervisor.logs.names import log_file_name, log_path
+from supervisor.logs.rotation import check_file_options
+from supervisor.logs.writer import BETWEEN_INCARNATIONS, LogWriter, RunnerLog, Stream
+
+if TYPE_CHECKING:
+    from loguru import Logger
+
+    from supervisor.config import SupervisorConfig
 
 # ------------------------------------------------------------- process-wide
 _writers: dict[str, LogWriter] = {}
 _registry = threading.Lock()
 _retired_dropped = 0
+_retired_reopened = 0
 
 
 def _retire(writer: LogWriter) -> bool:
     """Called by an idle writer with no open file: leave, unless work just arrived."""
-    global _retired_dropped
+    global _retired_dropped, _retired_reopened
     with _registry:
         if not writer.inbox.empty():
             return False
-        writer._retired = True
+        writer.retired = True
         if _writers.get(writer.log_dir) is writer:
             del _writers[writer.log_dir]
         _retired_dropped += writer.dropped
+        _retired_reopened += writer.reopened
         return True
 
 
@@ -81,6 +88,36 @@ def open_runner_log(
         )
 
 
+def runner_logger(runner_id: str) -> Logger:
+    """The logger for lines about a runner as a whole, not one incarnation (the restart
+    layer's "restart 1 in 0.5s"): under `runner_log_held` they reach its file."""
+    return logger.bind(runner_id=runner_id)
+
+
+@contextlib.contextmanager
+def runner_log_held(config: SupervisorConfig, runner_id: str) -> Iterator[None]:
+    """Keep the runner's log file open while the block runs, so that `runner_logger`
+    lines reach it between incarnations too. They are stamped ``inc=0`` with the
+    supervisor's own pid: no incarnation wrote them. Nothing happens without a log
+    directory."""
+    if config.log_dir is None:
+        yield
+        return
+    held = open_runner_log(
+        config.log_dir,
+        runner_id,
+        incarnation=BETWEEN_INCARNATIONS,
+        pid=os.getpid(),
+        rotation=config.log_rotation,
+        retention=config.log_retention,
+        compression=config.log_compression,
+    )
+    try:
+        yield
+    finally:
+        held.close()
+
+
 def flush_log_files(timeout: float = 5.0) -> bool:
     """Wait until every queued line is written and closed files are closed (blocks)."""
     with _registry:
@@ -90,9 +127,17 @@ def flush_log_files(timeout: float = 5.0) -> bool:
 
 
 def dropped_lines() -> int:
-    """Lines lost because a writer fell behind, in this process so far (a counter)."""
+    """Lines lost in this process so far (a counter): refused because a writer fell
+    behind, or not written (a full disk, a file that cannot be opened)."""
     with _registry:
         return _retired_dropped + sum(w.dropped for w in _writers.values())
+
+
+def reopened_log_files() -> int:
+    """Times a log file was found removed or replaced while open, and made again, in
+    this process so far (a counter)."""
+    with _registry:
+        return _retired_reopened + sum(w.reopened for w in _writers.values())
 
 
 atexit.register(flush_log_files, 2.0)
@@ -109,4 +154,7 @@ __all__ = [
     "log_file_name",
     "log_path",
     "open_runner_log",
+    "reopened_log_files",
+    "runner_log_held",
+    "runner_logger",
 ]

@@ -34,7 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from supervisor.logs.files import dropped_lines
+from supervisor.logs.files import dropped_lines, reopened_log_files
 from supervisor.ops.escape import printable
 from supervisor.ops.observe import HealthSource, RunnerHealth, ready_runners
 from supervisor.ops.phases import ALL_PHASES
@@ -156,9 +156,15 @@ class _LiveCollector(Collector):
         yield from (gpu_memory, gpu_ecc, gpu_retired, gpu_pending)
         yield CounterMetricFamily(
             f"{PREFIX}_log_lines_dropped",
-            "Runner log-file lines dropped because the writer fell behind (slow or full disk), "
-            "in this process",
+            "Runner log-file lines lost, in this process: the writer fell behind (a slow "
+            "disk) or could not write them (a full disk, a file that cannot be opened)",
             value=dropped_lines(),
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_log_files_reopened",
+            "Runner log files found removed or replaced while open, and made again, in this "
+            "process",
+            value=reopened_log_files(),
         )
 
 

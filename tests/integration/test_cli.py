@@ -284,6 +284,8 @@ def test_parse_size_refuses(text: str) -> None:
         ["run", "--backoff-factor", "nan"],
         ["run", "--fatal-pattern", "(unclosed"],
         ["run", "--fatal-pattern", ".*"],  # would fail every runner
+        ["run", "--fatal-pattern", r"(a)\1"],  # RE2: no backreferences
+        ["run", "--fatal-pattern", "(?<=x)y"],  # nor lookaround
         ["run", "--log-rotation", "sometimes"],
         ["run", "--log-retention", "0"],
         ["run", "--log-compression", "rar"],

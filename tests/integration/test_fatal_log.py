@@ -16,16 +16,17 @@ import anyio.to_thread
 import pytest
 
 from supervisor import RestartPolicy, RunnerSpec, SupervisorConfig
-from supervisor.logs.files import flush_log_files
+from supervisor.logs.files import flush_log_files, log_path
 from supervisor.protocol import Generate, LoadModel, TaskStatus
 from tests.support.harness import supervised
-from tests.support.log_engines import ILLEGAL_ACCESS
+from tests.support.log_engines import BACKTRACK_BAIT, ILLEGAL_ACCESS
 from tests.support.restart_harness import restarting
 
 pytestmark = [pytest.mark.anyio, pytest.mark.log_hook]
 
 FATAL = RunnerSpec(engine="tests.support.log_engines:FatalEngine")
 OOM_ONCE = RunnerSpec(engine="tests.support.log_engines:OomOnceEngine")
+BAIT = RunnerSpec(engine="tests.support.log_engines:BacktrackBaitEngine")
 STAMPED = re.compile(r"^\S+ (?P<stream>\S+) +inc=(?P<inc>\d+) pid=(?P<pid>\d+) \| (?P<text>.*)$")
 
 
@@ -81,6 +82,38 @@ async def test_a_users_own_pattern_fails_the_runner() -> None:
     assert failure.reason == "fatal_log"
     assert "pattern 'engine loaded in pid \\\\d+'" in failure.error_message
     assert failure.diagnostics[0].startswith("engine loaded in pid ")
+
+
+async def test_a_backtracking_pattern_cannot_stall_the_event_loop(tmp_path: Path) -> None:
+    """``(a+)+$`` against 27 ``a`` and a ``!`` took Python's re 4.7 s per line, in the
+    event loop; with RE2 200 such lines pass while a 10 ms ticker keeps its pace."""
+    config = SupervisorConfig(fatal_patterns=(r"(a+)+$",), log_dir=str(tmp_path))
+    worst = 0.0
+    async with supervised(BAIT, config) as r:
+        done = anyio.Event()
+
+        async def ticker() -> None:
+            nonlocal worst
+            last = time.monotonic()
+            while not done.is_set():
+                await anyio.sleep(0.01)
+                now = time.monotonic()
+                worst = max(worst, now - last - 0.01)
+                last = now
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            await r.sup.start_task(LoadModel(task_id="load"))
+            tail = r.sup.ranks[0]._proc.output.tail
+            await r.rec.wait_for(lambda: "bait done" in tail, within=20)
+            done.set()
+    assert await anyio.to_thread.run_sync(flush_log_files, 10.0)
+    text = log_path(tmp_path, r.sup.runner_id).read_text()
+    rows = [STAMPED.match(raw) for raw in text.splitlines()]
+    texts = [row["text"] for row in rows if row is not None]
+    assert texts.count(BACKTRACK_BAIT) == 200  # every line went through the matcher
+    assert r.rec.failures() == []  # (a+)+$ does not match a line that ends in "!"
+    assert worst < 0.5, f"the event loop stalled {worst * 1e3:.0f} ms"
 
 
 async def test_a_runner_restarted_twice_leaves_one_file_with_three_incarnations(

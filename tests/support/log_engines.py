@@ -56,3 +56,17 @@ class OomOnceEngine(_Chatty):
             print(OOM, file=sys.stderr, flush=True)
             raise TaskError("CUDA out of memory (request too large); try fewer tokens")
         yield from super().generate(task, ctx)
+
+
+#: 27 ``a`` and a ``!``: Python's re takes seconds to fail ``(a+)+$`` on it.
+BACKTRACK_BAIT = "a" * 27 + "!"
+
+
+class BacktrackBaitEngine(_Chatty):
+    """On load: many lines that make a backtracking regex engine take seconds each."""
+
+    def load(self, ctx: EngineContext) -> None:
+        super().load(ctx)
+        for _ in range(200):
+            print(BACKTRACK_BAIT, flush=True)
+        print("bait done", flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -118,7 +119,7 @@ def test_keywords_never_hide_a_match(pattern: object, data: st.DataObject) -> No
 @settings(max_examples=300)
 @given(st.text(max_size=400))
 def test_arbitrary_text_never_raises(line: str) -> None:
-    matcher = fatal_matcher((r"(?i)engine\s+dead", r"(a)\1"), True)
+    matcher = fatal_matcher((r"(?i)engine\s+dead", r"(a+)+$"), True)
     result = matcher.match(line)
     assert result is None or isinstance(result, str)
 
@@ -156,23 +157,108 @@ def test_defaults_can_be_turned_off() -> None:
     assert empty.match("engine dead") is None
 
 
-def test_patterns_that_cannot_be_joined_still_match_on_their_own() -> None:
-    m = FatalMatcher(
-        [r"(x)(y)\2\1", r"(?P<code>E\d+) then (?P=code)", r"(?P<code>F\d+)", "(?x) a b  # c"],
-        use_defaults=False,
+def test_patterns_with_the_same_group_name_are_told_apart() -> None:
+    m = FatalMatcher([r"(?P<code>E\d+) failed", r"(?P<code>F\d+) lost"], use_defaults=False)
+    assert m.match("E7 failed") == "pattern '(?P<code>E\\\\d+) failed'"
+    assert m.match("F12 lost") == "pattern '(?P<code>F\\\\d+) lost'"
+    assert m.match("E7 lost") is None
+
+
+def test_a_line_with_a_lone_surrogate_is_matched_not_an_error() -> None:
+    """An undecodable byte the runner wrote arrives as a lone surrogate: RE2 cannot take
+    it as it is, so the line is matched with it escaped."""
+    m = FatalMatcher([r"engine dead"])
+    assert m.match("path /x/\udcff: engine dead") == "pattern 'engine dead'"
+    assert m.match("\udcff CUDA error: an illegal memory access was encountered") == (
+        "illegal memory access"
     )
-    assert m.match("--xyyx--") == r"pattern '(x)(y)\\2\\1'"
-    assert m.match("xyxy") is None
-    assert m.match("E7 then E7") is not None
-    assert m.match("F12") == "pattern '(?P<code>F\\\\d+)'"
-    assert m.match("ab") == "pattern '(?x) a b  # c'"
+    assert m.match("\udcff nothing") is None
+
+
+EVIL = ["(a+)+$", "(a|a)+$", "(a|aa)+$", "(.*a){12}$", "^(\\w+\\s?)+$", "(x+x+)+y"]
+
+
+@pytest.mark.parametrize("regex", EVIL)
+def test_backtracking_patterns_cost_a_line_linear_time(regex: str) -> None:
+    """Python's re takes seconds (27 'a' then '!' against (a+)+$: 4.7 s); RE2 cannot
+    backtrack. No line may hold the event loop for 50 ms."""
+    m = FatalMatcher([regex], use_defaults=False)
+    for line in ("a" * 27 + "!", "a" * 5000 + "!", "x" * 5000, ("word " * 2000) + "!"):
+        t0 = time.perf_counter()
+        m.match(line)
+        took = time.perf_counter() - t0
+        assert took < 0.05, f"{regex!r} took {took * 1e3:.0f} ms on a {len(line)}-char line"
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.sampled_from(["a", "aa", "a+", "a*", "(a+)+", "(a|a)*", ".*", "x", "b?"]))
+    .map("".join)
+    .filter(lambda r: r != ""),
+    st.integers(min_value=0, max_value=3000),
+    st.sampled_from(["!", "", "b", "x"]),
+)
+def test_no_pattern_and_line_cost_the_loop_50_ms(regex: str, count: int, tail: str) -> None:
+    try:
+        m = FatalMatcher([regex + "$"], use_defaults=False)
+    except ValueError:
+        return  # matches an empty line: refused
+    t0 = time.perf_counter()
+    m.match("a" * count + tail)
+    assert time.perf_counter() - t0 < 0.05
+
+
+FRAGMENTS = [
+    "CUDA error: ",
+    "an illegal memory access was encountered",
+    "illegal instruction",
+    "cudaErrorAssert",
+    "device-side assertion triggered",
+    "misaligned address",
+    "[CUDA]: misaligned address",
+    "NCCL error in: x.cpp:1, ",
+    "unhandled cuda error",
+    "remote process exited",
+    "Watchdog caught collective operation timeout",
+    "NVRM: Xid (PCI:0000:3b:00): ",
+    "79",
+    "790",
+    "Uncorrectable ECC Error",
+    "GPU has fallen off the bus",
+    "the launch timed out and was terminated",
+]
+
+
+@settings(max_examples=400)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(FRAGMENTS), st.text(st.characters(min_codepoint=32, max_codepoint=126))
+        ),
+        max_size=8,
+    ).map("".join)
+)
+def test_defaults_find_what_python_re_finds(line: str) -> None:
+    """RE2 with the keyword pre-check gives Python re's answer (pieces of fatal lines,
+    in any order, among any ASCII)."""
+    expected = next((p.name for p in DEFAULT_FATAL_PATTERNS if re.search(p.regex, line)), None)
+    assert FatalMatcher().match(line) == expected
+
+
+@pytest.mark.parametrize(("line", "name"), MUST_MATCH)
+def test_defaults_find_their_lines_inside_other_text(line: str, name: str) -> None:
+    assert FatalMatcher().match(f"[rank3]: {line} (pid 7)") == name
 
 
 @pytest.mark.parametrize(
     ("regex", "message"),
     [
-        ("(unclosed", "invalid fatal pattern '(unclosed': missing ), unterminated subpattern"),
-        ("a{99999999999}", "invalid fatal pattern 'a{99999999999}'"),
+        ("(unclosed", "invalid fatal pattern '(unclosed': missing )"),
+        ("a{1001}", "invalid fatal pattern 'a{1001}': invalid repetition size"),
+        (r"(a)\1", "no backreferences"),
+        (r"(?P<x>a)(?P=x)", "invalid fatal pattern"),
+        ("engine(?= dead)", "no lookahead or lookbehind"),
+        ("(?<!not )dead", "no lookahead or lookbehind"),
         ("x*", "matches an empty line"),
         ("^", "matches an empty line"),
     ],
