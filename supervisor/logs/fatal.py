@@ -173,8 +173,7 @@ class _PatternSet:
             found.Compile()
         except re2.error:
             raise ValueError(
-                f"the {len(patterns)} fatal patterns together are too large for RE2's "
-                "memory budget"
+                f"the {len(patterns)} fatal patterns together are too large for RE2's memory budget"
             ) from None
         self._match: Callable[[str], list[int] | None] = found.Match
 
