@@ -117,6 +117,10 @@ def run_command(
             )
             return 2
 
+    if config.gpu_memory_limit is not None and not args.watch_gpus:
+        print(f"{PROG}: error: --gpu-memory-limit needs --watch-gpus", file=sys.stderr)
+        return 2
+
     async def go() -> int:
         worker = WorkerRun(
             spec=spec,
@@ -127,6 +131,7 @@ def run_command(
             keep_serving=args.serve,
             health_host=args.health_host,
             health_port=args.health_port,
+            watch_gpus=args.watch_gpus,
         )
         return await worker.run()
 

@@ -186,6 +186,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "port, logged); off by default",
     )
     restarts.add_argument(
+        "--watch-gpus",
+        action="store_true",
+        help="watch this node's GPUs through NVML (the 'gpu' extra): a runner on a GPU "
+        "with an Xid critical error fails (gpu_fault), --gpu-memory-limit applies, and "
+        "health shows GPU memory, ECC and retired pages (docs/gpu.md); without a GPU or "
+        "nvidia-ml-py it logs one line and stays off",
+    )
+    restarts.add_argument(
         "--health-host",
         default="127.0.0.1",
         metavar="HOST",

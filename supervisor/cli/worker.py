@@ -41,8 +41,10 @@ from supervisor.restart.events import RunnerRestarting, SupervisorGaveUp
 from supervisor.restart.policy import RestartPolicy
 from supervisor.restart.restarting_supervisor import RestartingSupervisor
 
-if TYPE_CHECKING:  # the health extra (prometheus_client) is optional
+if TYPE_CHECKING:  # the health and gpu extras are optional
+    from supervisor.gpu.watcher import GpuWatcher
     from supervisor.ops.metrics import SupervisorMetrics
+    from supervisor.ops.observe import HealthSource
 
 # Exit codes (documented in the CLI's --help epilog and docs/cli.md).
 EXIT_OK = 0
@@ -114,6 +116,8 @@ class WorkerRun:
     keep_serving: bool = False
     health_host: str = "127.0.0.1"
     health_port: int | None = None
+    #: Watch the GPUs through NVML (docs/gpu.md); inactive without a GPU or the library.
+    watch_gpus: bool = False
 
     bad_input: int = field(default=0, init=False)
     signal_received: int | None = field(default=None, init=False)
@@ -148,8 +152,11 @@ class WorkerRun:
             if self.handle_signals:
                 tg.start_soon(self._watch_signals)
             tg.start_soon(run_sd_notify, self.rsup)
+            gpu = self._gpu_watcher()
+            if gpu is not None:
+                tg.start_soon(gpu.run)
             if metrics is not None:
-                await self._serve_health(tg, metrics)
+                await self._serve_health(tg, metrics, gpu)
             await self._drive()
             self._stop()
             await self.rsup.wait_finished()
@@ -160,12 +167,25 @@ class WorkerRun:
         self.output.finished(code, current.exit_code if current is not None else None)
         return code
 
-    async def _serve_health(self, tg: TaskGroup, metrics: SupervisorMetrics) -> None:
+    def _gpu_watcher(self) -> GpuWatcher | None:
+        if not self.watch_gpus:
+            return None
+        from supervisor.gpu.nvml import Nvml
+        from supervisor.gpu.watcher import GpuWatcher
+
+        nvml = Nvml.open()
+        return None if nvml is None else GpuWatcher(nvml, lambda: {self.rsup.runner_id: self.rsup})
+
+    async def _serve_health(
+        self, tg: TaskGroup, metrics: SupervisorMetrics, gpu: GpuWatcher | None
+    ) -> None:
+        from supervisor.gpu.watcher import GpuHealth
         from supervisor.ops.health import serve_health
 
-        metrics.watch_live(self.rsup)
+        source: HealthSource = self.rsup if gpu is None else GpuHealth(self.rsup, gpu)
+        metrics.watch_live(source)
         try:
-            await tg.start(serve_health, self.rsup, self.health_host, self.health_port, metrics)
+            await tg.start(serve_health, source, self.health_host, self.health_port, metrics)
         except OSError as exc:  # port in use, address not ours: a usage error
             logger.error(
                 "cannot serve health endpoints on {}:{}: {}",

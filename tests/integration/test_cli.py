@@ -78,7 +78,7 @@ def _other_value(f: dataclasses.Field[Any]) -> tuple[list[str], Any]:
         return [flag, "forkserver"], "forkserver"
     if f.name == "containment":
         return [flag, "group"], "group"
-    if f.name == "memory_limit":
+    if f.name in ("memory_limit", "gpu_memory_limit"):
         return [flag, "2G"], 2 * 2**30
     if f.name == "heartbeat_interval":
         return [flag, "0.2"], 0.2  # still below the check interval

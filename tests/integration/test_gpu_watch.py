@@ -7,12 +7,14 @@ as memory_limit; health shows what NVML reported.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import anyio
 import pytest
 
 from supervisor import RunnerSpec, SupervisorConfig
+from supervisor.cli import main
 from supervisor.gpu.nvml import Nvml
 from supervisor.ops.metrics import SupervisorMetrics
 from supervisor.protocol import Generate, TaskStatus
@@ -125,3 +127,27 @@ def test_without_a_library_or_a_gpu_the_watcher_is_inactive(
     empty = FakeNvml(gpus=0)
     assert Nvml.open(empty) is None
     assert empty.shut_down
+
+
+def test_cli_watch_gpus_without_a_gpu_logs_one_line_and_runs() -> None:
+    nvml = Nvml.open()
+    if nvml is not None:
+        nvml.close()
+        pytest.skip("this machine has a GPU and NVML")
+    proc = subprocess.run(
+        [sys.executable, "-m", "supervisor", "run", "--watch-gpus", "--max-tokens", "2", "a b"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["a", "b"]
+    inactive = [line for line in proc.stderr.splitlines() if "GPU watcher inactive" in line]
+    assert len(inactive) == 1, proc.stderr
+
+
+def test_cli_gpu_memory_limit_needs_the_watcher(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--gpu-memory-limit", "8G", "hi"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["runner-supervisor: error: --gpu-memory-limit needs --watch-gpus"]
