@@ -79,6 +79,8 @@ def main(args: BootstrapArgs) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host's Ctrl-C is its business
 
     os.environ.update(args.spec.env)
+    # A rank's variables, already there when spawn exec'd us; not with forkserver.
+    os.environ.update(args.env)
     _setup_logging(args.runner_id)
     events = args.events
     try:

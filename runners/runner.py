@@ -273,8 +273,9 @@ class Runner:
         """Stream ``task``'s chunks; False if it was cancelled between tokens."""
         tokens: Iterator[str] = self.chaos.wrap(task, self.engine.generate(task, ctx))
         tid = task.task_id
+        cut = not self.engine.cancels_in_step
         for index, text in enumerate(tokens):
-            if self.check_inbox(tid):
+            if cut and self.check_inbox(tid):
                 return False
             self.emit(ChunkGenerated(tid, index, text))
             self.shared.tick()

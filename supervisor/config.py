@@ -10,6 +10,8 @@ from typing import Any, Literal, get_args
 StartMethod = Literal["spawn", "forkserver"]
 ContainmentMode = Literal["auto", "cgroup", "keeper", "group"]
 CONTAINMENT_MODES: tuple[str, ...] = get_args(ContainmentMode)
+#: Most rank processes one logical runner may have (one host's worth, with room).
+MAX_WORLD_SIZE = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,13 +21,30 @@ class RunnerSpec:
     ``engine`` is a built-in name (``echo``, ``minilm``) or ``"module:attr"`` naming an
     Engine class or factory. ``options`` go to the engine (echo: ``token_delay``,
     ``load_time``, ``warmup_time`` in seconds). ``env`` is applied to the runner's
-    environment before the engine is imported.
+    environment before the engine is imported. ``world_size`` > 1 makes one logical
+    runner of that many rank processes, started with torchrun's environment
+    (docs/ranks.md).
     """
 
     engine: str = "echo"
     options: Mapping[str, Any] = field(default_factory=dict)
     runner_id: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    world_size: int = field(
+        default=1,
+        metadata={
+            "help": "rank processes that make up the runner (tensor or pipeline parallel); "
+            "each starts with torchrun's environment (RANK, WORLD_SIZE, MASTER_PORT, ...), "
+            "every task goes to every rank, and one rank's failure fails and restarts them all"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        size = self.world_size
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_WORLD_SIZE:
+            raise ValueError(
+                f"RunnerSpec.world_size must be an integer from 1 to {MAX_WORLD_SIZE}, got {size!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ EngineFactory = Callable[[Mapping[str, Any]], Engine]
 BUILTIN_ENGINES: dict[str, str] = {
     "echo": "runners.engines.echo:EchoEngine",
     "minilm": "runners.engines.minilm:MiniLMEngine",
+    "torchdist": "runners.engines.torchdist:TorchDistEngine",
 }
 
 

@@ -46,6 +46,10 @@ class Engine:
     task_kinds: tuple[type[BaseTask], ...] = ()
     #: False for engines that refuse Generate (embedding models).
     generates_text: bool = True
+    #: True for engines whose ranks must stop a Generate at the same token (a
+    #: collective per token): the engine checks ``ctx.cancelled()`` itself and ends
+    #: its stream; the runner does not cut the stream between tokens.
+    cancels_in_step: bool = False
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         self.options = dict(options)

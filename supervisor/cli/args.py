@@ -50,6 +50,9 @@ POLICY_FLAGS = FlagSet(
     },
 )
 
+#: The runner's own fields with flags (engine, options and env have the CLI's own).
+SPEC_FLAGS = FlagSet(RunnerSpec, dest_prefix="spec_", only=("world_size",))
+
 EPILOG = f"""\
 examples:
   {PROG} run "hello world"                      stream one echo generation
@@ -126,7 +129,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     engine.add_argument(
         "--engine",
         default="echo",
-        help="engine the runner drives: echo, minilm, or module:Class (default: echo)",
+        help="engine the runner drives: echo, minilm, torchdist, or module:Class (default: echo)",
     )
     engine.add_argument(
         "--engine-option",
@@ -158,6 +161,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "repeatable",
     )
     engine.add_argument("--runner-id", help="runner id in events and logs (default: random)")
+    SPEC_FLAGS.add_to(engine)
 
     supervision = parser.add_argument_group(
         "supervision", "how the runner is watched (defaults follow the design's bounds)"
@@ -276,7 +280,11 @@ def spec_from_args(args: argparse.Namespace) -> RunnerSpec:
     for key, value in args.engine_option:
         options[key] = _option_value(value)
     return RunnerSpec(
-        engine=args.engine, options=options, runner_id=args.runner_id, env=dict(args.env)
+        engine=args.engine,
+        options=options,
+        runner_id=args.runner_id,
+        env=dict(args.env),
+        **SPEC_FLAGS.values(args),
     )
 
 
@@ -285,6 +293,7 @@ __all__ = [
     "EPILOG",
     "POLICY_FLAGS",
     "PROG",
+    "SPEC_FLAGS",
     "add_run_arguments",
     "build_parser",
     "config_from_args",

@@ -141,10 +141,16 @@ class FlagSet(Generic[T]):
     flag_names: Mapping[str, str] = field(default_factory=dict)
     defaults: Mapping[str, Any] = field(default_factory=dict)
     value_types: Mapping[str, ValueType] = field(default_factory=dict)
+    #: only these fields get flags (the others are the front end's own); empty: all
+    only: tuple[str, ...] = ()
 
     def fields(self) -> list[tuple[dataclasses.Field[Any], Any]]:
         hints = typing.get_type_hints(self.cls)
-        return [(f, hints[f.name]) for f in dataclasses.fields(self.cls)]  # type: ignore[arg-type]
+        return [(f, hints[f.name]) for f in self._flagged()]
+
+    def _flagged(self) -> list[dataclasses.Field[Any]]:
+        every = dataclasses.fields(self.cls)  # type: ignore[arg-type]
+        return [f for f in every if not self.only or f.name in self.only]
 
     def flag(self, name: str) -> str:
         meta = self._field(name).metadata
@@ -210,14 +216,18 @@ class FlagSet(Generic[T]):
                 help_text += f" (default: {_show_default(default)})"
             group.add_argument(flag, help=help_text, **kwargs)
 
-    def from_args(self, args: argparse.Namespace) -> T:
-        """The instance the flags ask for; `ValueError` (from the dataclass) if they conflict."""
+    def values(self, args: argparse.Namespace) -> dict[str, Any]:
+        """The field values the flags ask for (absent flags: this front end's defaults)."""
         values = dict(self.defaults)
-        for f in dataclasses.fields(self.cls):  # type: ignore[arg-type]
+        for f in self._flagged():
             value = getattr(args, self.dest(f.name), None)
             if value is not None:
                 values[f.name] = tuple(value) if isinstance(value, list) else value
-        return self.cls(**values)
+        return values
+
+    def from_args(self, args: argparse.Namespace) -> T:
+        """The instance the flags ask for; `ValueError` (from the dataclass) if they conflict."""
+        return self.cls(**self.values(args))
 
 
 __all__ = [

@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import signal
 import weakref
+from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
@@ -18,6 +19,7 @@ from supervisor.core.cgroups import RunnerCgroup
 from supervisor.core.channel import ChannelReader, ChannelWriter
 from supervisor.core.containment import Layer, choose, remove_later, runner_cgroup
 from supervisor.core.diagnostics import OutputCapture
+from supervisor.core.exec_env import exec_environment
 from supervisor.core.treemem import TreeReader
 from supervisor.ipc import proctree
 from supervisor.ipc.shared import SharedState
@@ -86,7 +88,14 @@ class RunnerProcess:
         _live.add(self)
 
     @classmethod
-    def spawn(cls, spec: RunnerSpec, config: SupervisorConfig, runner_id: str) -> RunnerProcess:
+    def spawn(
+        cls,
+        spec: RunnerSpec,
+        config: SupervisorConfig,
+        runner_id: str,
+        env: Mapping[str, str] | None = None,
+    ) -> RunnerProcess:
+        """Start one runner; ``env`` is in its environment from exec on (a rank's)."""
         from runners.bootstrap import main as runner_main
 
         choice = choose(config.containment)
@@ -115,12 +124,14 @@ class RunnerProcess:
             keeper=layer != "group",
             cgroup=str(cgroup.path) if cgroup is not None else None,
             host_pid=os.getpid(),
+            env=dict(env or {}),
         )
         process = ctx.Process(  # type: ignore[attr-defined]
             target=runner_main, args=(args,), name=f"runner-{runner_id}"
         )
         try:
-            process.start()
+            with exec_environment(args.env):
+                process.start()
         except BaseException:
             for fd in (task_w, event_r, out_r):
                 os.close(fd)

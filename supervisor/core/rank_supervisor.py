@@ -62,6 +62,7 @@ class RankSupervisor:
         runner_id: str,
         proc: RunnerProcess,
         incarnation: int = 1,
+        on_end: Callable[[], None] | None = None,
     ) -> None:
         self.spec = spec
         self.config = config
@@ -91,6 +92,8 @@ class RankSupervisor:
         self._book = TaskBook()
         self._cause: EndCause | None = None
         self._early_end: EndCause | None = None  # `fail` before `run`
+        #: told the moment this rank starts ending (its group stops the other ranks)
+        self._on_end = on_end
         self._scope: anyio.CancelScope | None = None
         self._prober = Prober(
             config,
@@ -130,15 +133,19 @@ class RankSupervisor:
         config: SupervisorConfig | None = None,
         runner_id: str | None = None,
         incarnation: int = 1,
+        env: Mapping[str, str] | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> RankSupervisor:
         """Spawn the runner process now; call `run` to watch it.
 
         ``incarnation`` numbers this runner id's processes (a restarting supervisor
-        counts them); it stamps the runner's log lines."""
+        counts them); it stamps the runner's log lines. ``env`` is in the process's
+        environment from its start (a rank's torchrun variables); ``on_end`` is
+        called once, synchronously, when the rank starts ending."""
         spec = spec or RunnerSpec()
         config = config or SupervisorConfig()
         rid = runner_id or spec.runner_id or f"runner-{uuid.uuid4().hex[:8]}"
-        proc = RunnerProcess.spawn(spec, config, rid)
+        proc = RunnerProcess.spawn(spec, config, rid, env)
         sup = cls(
             spec=spec,
             event_sender=event_sender,
@@ -146,6 +153,7 @@ class RankSupervisor:
             runner_id=rid,
             proc=proc,
             incarnation=incarnation,
+            on_end=on_end,
         )
         # The runner reports its own pid once it runs: this is the process started.
         sup._log.info(
@@ -295,6 +303,16 @@ class RankSupervisor:
             self._end(cause)
         return DONE
 
+    def discard(self) -> None:
+        """Kill a rank that will never run (its group could not be started whole) and
+        close what it holds. Only before `run`."""
+        if self._life.state is not Life.CREATED:
+            raise RuntimeError("RankSupervisor.discard() is only for a rank that never ran")
+        self._proc.kill_group()
+        self._proc.process.join(2.0)
+        self._proc.close()
+        self._close_output_hook()
+
     def _ask_stop(self, level: Stop) -> None:
         if level > self._stop:
             self._stop = level
@@ -339,6 +357,8 @@ class RankSupervisor:
             self._cause = cause
             if self._scope is not None:
                 self._scope.cancel()
+            if self._on_end is not None:
+                self._on_end()
 
     def _fatal_line(self, name: str, line: str) -> None:
         """A fatal pattern matched a runner output line: end the runner now."""

@@ -6,7 +6,7 @@ nothing heavy (no anyio, no psutil): every millisecond here is start-up latency.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from supervisor.config import RunnerSpec
@@ -31,3 +31,6 @@ class BootstrapArgs:
     cgroup: str | None = None
     #: the host's pid, so the keeper can tell whether the host is already gone
     host_pid: int = 0
+    #: set in the runner's environment (a rank's torchrun variables); also exported
+    #: at exec where the start method allows, so it is in /proc/PID/environ
+    env: dict[str, str] = field(default_factory=dict)

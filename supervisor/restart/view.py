@@ -66,6 +66,12 @@ class RestartingView:
         return None if sup is None or sup.finished else sup.pid
 
     @property
+    def pids(self) -> Sequence[int]:
+        """The current incarnation's rank pids, in rank order (empty between incarnations)."""
+        sup = self.current
+        return [] if sup is None or sup.finished else sup.pids
+
+    @property
     def status(self) -> BaseRunnerStatus:
         """The current incarnation's status (its `RunnerFailed` while restarting)."""
         sup = self.current
