@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
-from loguru import logger
 
 from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.core.done import DONE, Done
@@ -38,6 +37,7 @@ from supervisor.errors import (
     DuplicateTaskError,
     RunnerUnavailableError,
 )
+from supervisor.logs.files import runner_log_held, runner_logger
 from supervisor.ops.observe import SupervisorObserver
 from supervisor.protocol import (
     BaseEvent,
@@ -104,6 +104,7 @@ class RestartingSupervisor(RestartingView):
         self.config = config or SupervisorConfig()
         self.policy = policy or RestartPolicy()
         self.runner_id = runner_id or self.spec.runner_id or f"runner-{os.urandom(4).hex()}"
+        self._log = runner_logger(self.runner_id)  # lines about the runner, not one incarnation
         #: the group whose strategy and budget decide this runner's restarts, if any
         self.group = group
         self._host = HostStream(event_sender, self.runner_id)
@@ -164,7 +165,7 @@ class RestartingSupervisor(RestartingView):
                     return
                 owed = True
                 wait = self.policy.ready_wait
-                logger.info("runner {}: re-queueing unacknowledged task {}", self.runner_id, tid)
+                self._log.info("runner {}: re-queueing unacknowledged task {}", self.runner_id, tid)
         except BaseException as exc:
             if owed or (inc is not None and inc.owes(tid)):
                 error = f"runner failed; re-queued task not delivered ({exc})"
@@ -231,6 +232,11 @@ class RestartingSupervisor(RestartingView):
     # -------------------------------------------------------------------- run
     async def run(self) -> None:
         """Run incarnations until shut down or the policy gives up. Never raises for a failure."""
+        # The runner's log file stays open between incarnations: this layer's lines reach it.
+        with runner_log_held(self.config, self.runner_id):
+            await self._run()
+
+    async def _run(self) -> None:
         if self._life.state is _S.CLOSED:
             self._life.transition(_S.FINISHED)
             return
@@ -310,7 +316,7 @@ class RestartingSupervisor(RestartingView):
     async def _before_restart(self, inc: Incarnation, decision: Restart) -> None:
         """Announce the next incarnation and wait its backoff (cut short by a shutdown)."""
         number = inc.number + 1
-        logger.info(
+        self._log.info(
             "runner {}: restart {} in {:.3f}s", self.runner_id, decision.attempt, decision.delay
         )
         for obs in self._observers:
@@ -330,7 +336,7 @@ class RestartingSupervisor(RestartingView):
     async def _give_up(self, reason: str) -> None:
         # In mode "never" the failure itself was the news (logged at ERROR once).
         level = "INFO" if self.policy.mode == "never" else "ERROR"
-        logger.log(level, "runner {}: giving up: {}", self.runner_id, reason)
+        self._log.log(level, "runner {}: giving up: {}", self.runner_id, reason)
         for obs in self._observers:
             obs.on_gave_up(self.runner_id, reason)
         last = self._last_failure
@@ -447,7 +453,7 @@ class RestartingSupervisor(RestartingView):
 
     def _recycle(self, inc: Incarnation) -> None:
         assert inc.recycle is not None
-        logger.info("runner {}: recycling: {}", self.runner_id, inc.recycle.reason)
+        self._log.info("runner {}: recycling: {}", self.runner_id, inc.recycle.reason)
         tg = self._roster.tg
         if self.group is None:
             self._begin_replace("recycle", None)

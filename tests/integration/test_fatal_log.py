@@ -8,6 +8,7 @@ line ends the runner with ``reason="fatal_log"``, ``detected_by="log"``. Marked
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.log_hook]
 
 FATAL = RunnerSpec(engine="tests.support.log_engines:FatalEngine")
 OOM_ONCE = RunnerSpec(engine="tests.support.log_engines:OomOnceEngine")
+CHATTY = RunnerSpec(engine="tests.support.log_engines:ChattyEngine")
 BAIT = RunnerSpec(engine="tests.support.log_engines:BacktrackBaitEngine")
 STAMPED = re.compile(r"^\S+ (?P<stream>\S+) +inc=(?P<inc>\d+) pid=(?P<pid>\d+) \| (?P<text>.*)$")
 
@@ -133,11 +135,15 @@ async def test_a_runner_restarted_twice_leaves_one_file_with_three_incarnations(
                 await r.rec.wait_for(lambda n=n: len(r.rec.failures()) >= n, within=10)
     assert await anyio.to_thread.run_sync(flush_log_files, 10.0)
 
-    rows = []
-    for raw in (tmp_path / "r1.log").read_text().splitlines():
-        m = STAMPED.match(raw)
-        assert m, f"unstamped line {raw!r}"
-        rows.append(m.groupdict())
+    rows = stamped_rows(tmp_path / "r1.log")
+    # The restart layer's own lines, between incarnations: inc=0, the supervisor's pid.
+    between = [(row["pid"], row["text"]) for row in rows if row["inc"] == "0"]
+    assert [text for _, text in between if "restart" in text] == [
+        "INFO    runner r1: restart 1 in 0.000s",
+        "INFO    runner r1: restart 2 in 0.000s",
+    ]
+    assert {pid for pid, _ in between} == {str(os.getpid())}
+    rows = [row for row in rows if row["inc"] != "0"]
     for inc, pid in enumerate(pids, start=1):
         # (the spawn line comes before the runner reported its pid: it names the process
         # started, a keeper under the default containment)
@@ -157,3 +163,40 @@ async def test_a_runner_restarted_twice_leaves_one_file_with_three_incarnations(
         else:
             assert any(s == "supervisor" and "shut down" in t for s, t in texts)
     assert [int(row["inc"]) for row in rows] == sorted(int(row["inc"]) for row in rows)
+
+
+async def test_after_a_prespawned_replace_each_line_carries_its_own_incarnations_pid(
+    tmp_path: Path,
+) -> None:
+    """With prespawn the new incarnation's file handle opens while the old one still
+    runs: the old one's last lines ("shut down") must carry the old pid."""
+    config = SupervisorConfig(log_dir=str(tmp_path), stop_grace=0.5)
+    policy = RestartPolicy(backoff_base=0.0, prespawn=True)
+    async with restarting(CHATTY, policy, config) as r:
+        await r.ready()
+        await r.sup.replace()
+        assert r.sup.incarnation == 2
+        await r.ready(count=2)
+    assert await anyio.to_thread.run_sync(flush_log_files, 10.0)
+    rows = stamped_rows(tmp_path / "r1.log")
+    loaded = {
+        row["inc"]: row["text"].rsplit(" ", 1)[1]
+        for row in rows
+        if row["text"].startswith("engine loaded in pid ")
+    }
+    assert set(loaded) == {"1", "2"}
+    assert loaded["1"] != loaded["2"]
+    shut = [(row["inc"], row["pid"]) for row in rows if "shut down" in row["text"]]
+    # (a new spare, incarnation 3, was prespawned after the replace: it shuts down too)
+    assert ("1", loaded["1"]) in shut, shut
+    assert ("2", loaded["2"]) in shut, shut
+    assert len({pid for _, pid in shut}) == len(shut), shut
+
+
+def stamped_rows(path: Path) -> list[dict[str, str]]:
+    rows = []
+    for raw in path.read_text().splitlines():
+        m = STAMPED.match(raw)
+        assert m, f"unstamped line {raw!r}"
+        rows.append(m.groupdict())
+    return rows

@@ -29,6 +29,10 @@ class _Chatty(EchoEngine):
         print(f"engine loaded in pid {os.getpid()}", flush=True)
 
 
+class ChattyEngine(_Chatty):
+    """Echo that says its pid on load."""
+
+
 class FatalEngine(_Chatty):
     """On Generate: the CUDA illegal-access error on stderr, then a wedge.
 
