@@ -67,7 +67,7 @@ class FrameDecoder:
             self._rest.clear()
         end = len(data)
         pos = 0
-        need = 4  # bytes the frame at ``pos`` needs in all, as far as is known
+        need = 4  # bytes the frame at ``pos`` needs in all, as far as is known (set on break)
         out: list[Any] = []
         append = out.append
         loads = pickle.loads
@@ -79,23 +79,22 @@ class FrameDecoder:
             if n < 0:
                 if n != -1:
                     raise self._fail(f"negative frame length {n}", out)
-                need = 12
                 if end - start < 8:
+                    need = 12
                     break
                 (n,) = LARGE_HEADER.unpack_from(data, start)
                 start += 8
             if n > max_frame:
                 raise self._fail(f"frame of {n} bytes exceeds the {max_frame} limit", out)
             stop = start + n
-            need = stop - pos
             if stop > end:
+                need = stop - pos
                 break
             try:
                 append(from_wire(loads(data[start:stop])))
             except Exception as exc:  # unpickling (a class of its choice) can raise anything
                 raise self._fail(f"undecodable frame of {n} bytes: {_describe(exc)}", out) from exc
             pos = stop
-            need = 4
         if pos < end:
             self._rest += data[pos:]
             self._need = need
@@ -124,6 +123,9 @@ class ChannelReader:
         self.closed = False
         #: Set when the runner wrote something undecodable; nothing is read after it.
         self.error: FrameError | None = None
+        # The last read found the pipe empty: the next `receive` waits before reading
+        # (a read now would only say EAGAIN: a syscall and an exception per wake-up).
+        self._drained = False
 
     def fileno(self) -> int:
         return self._fd
@@ -153,6 +155,7 @@ class ChannelReader:
                 self.error = exc
                 break
             if len(data) < _READ_SIZE:
+                self._drained = True
                 break
         return out
 
@@ -162,12 +165,15 @@ class ChannelReader:
         Raises `FrameError` once the messages before an undecodable frame are out.
         """
         while True:
+            if self._drained:
+                self._drained = False
+                await anyio.wait_readable(self._fd)
             messages = self.read_available()
             if messages or self.eof or self.closed:
                 return messages
             if self.error is not None:
                 raise self.error
-            await anyio.wait_readable(self._fd)
+            self._drained = True
 
     def close(self) -> None:
         if not self.closed:

@@ -99,6 +99,18 @@ def test_the_large_header_form_is_understood() -> None:
     assert decoder.feed(frame[14:]) == [event]
 
 
+def test_a_short_frame_after_a_large_header_one_is_not_held_back() -> None:
+    # The bytes still needed are those of the frame cut off, not of the one before it.
+    big = ChunkGenerated("t", 3, "big")
+    payload = pickle.dumps(to_wire(big))
+    large = HEADER.pack(-1) + LARGE_HEADER.pack(len(payload)) + payload
+    small = HEADER.pack(2) + pickle.dumps(None, protocol=0)  # a 6-byte frame: b"N."
+    decoder = FrameDecoder()
+    assert decoder.feed(large + small[:2]) == [big]
+    assert decoder.feed(small[2:3]) == []
+    assert decoder.feed(small[3:]) == [None]
+
+
 @pytest.mark.parametrize(
     "payload",
     [
