@@ -157,7 +157,8 @@ class SupervisorConfig:
         default=True,
         metadata={
             "help": "ask a wedged runner for a stack dump (faulthandler on SIGUSR1) before "
-            "stopping it"
+            "stopping it, and, where py-spy is installed (the 'stacks' extra), dump its "
+            "native stacks and its sibling ranks' with 'py-spy dump --native' (at most 1 s)"
         },
     )
 

@@ -29,6 +29,7 @@ from supervisor.core.done import DONE, Done
 from supervisor.core.evidence import OomEvidence, OomWitness
 from supervisor.core.host_stream import HostStream
 from supervisor.core.liveness import ResourceSample
+from supervisor.core.native_stacks import dump_native_stacks
 from supervisor.core.prober import Prober
 from supervisor.core.process import RunnerProcess
 from supervisor.core.relay import Relay
@@ -48,6 +49,9 @@ from supervisor.protocol import (
     RunnerReady,
     Shutdown,
 )
+
+#: The log-file stream name of py-spy's native stacks (runner output is "output").
+NATIVE_STREAM = "native"
 
 
 class RankSupervisor:
@@ -95,6 +99,8 @@ class RankSupervisor:
         #: told the moment this rank starts ending (its group stops the other ranks)
         self._on_end = on_end
         self._scope: anyio.CancelScope | None = None
+        #: the pids of this runner's other ranks, whose native stacks a wedge also shows
+        self.peers: Callable[[], Sequence[int]] = tuple
         self._prober = Prober(
             config,
             runner_id=runner_id,
@@ -438,7 +444,11 @@ class RankSupervisor:
         """Heartbeat, progress, memory, probe or internal failure: the process still exists."""
         proc, cfg = self._proc, self.config
         notes: list[str] = []
+        native: list[str] = []
+        # (A stopped process (SIGSTOP) can neither run faulthandler nor be read by py-spy.)
         if cfg.dump_stacks and not cause.frozen and cause.reason != "memory_limit":
+            # Native frames first: faulthandler's signal moves the stack it interrupts.
+            native = await self._native_stacks()
             # faulthandler in the runner prints every thread's stack on SIGUSR1.
             proc.signal_group(signal.SIGUSR1)
             # faulthandler writes from the signal handler at once; 0.15 s is slack.
@@ -449,11 +459,21 @@ class RankSupervisor:
             notes.append(verdict.descendants_note(killed))
         await self._relay.report_failure(
             verdict.live_failure(
-                cause, proc.output, cfg.diagnostics_lines, [*cause.evidence, *notes]
+                cause, proc.output, cfg.diagnostics_lines, [*cause.evidence, *notes], native
             )
         )
         self.exit_code = await proc.terminate(cfg.stop_grace, frozen=cause.frozen)
         await proc.output.drain(0.1)
+
+    async def _native_stacks(self) -> list[str]:
+        """py-spy's native stacks of this rank and its siblings (where installed), also
+        written to the runner's log file beside faulthandler's Python stacks."""
+        pids = [self._proc.pid, *(p for p in self.peers() if p != self._proc.pid)]
+        lines = await dump_native_stacks(pids)
+        if self._output_hook is not None:
+            for line in lines:
+                self._output_hook.on_line(NATIVE_STREAM, line)
+        return lines
 
     async def _end_exited_runner(self, cause: EndCause) -> None:
         proc, cfg = self._proc, self.config

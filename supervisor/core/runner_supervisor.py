@@ -78,6 +78,8 @@ class RunnerSupervisor:
         self._ranks = tuple(ranks)
         self._lead = self._ranks[0]
         self._group = group
+        for rank in self._ranks:  # a wedged rank's report shows its siblings' stacks too
+            rank.peers = lambda: self.pids
 
     @classmethod
     def create(

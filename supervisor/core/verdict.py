@@ -46,15 +46,22 @@ def descendants_note(killed: Sequence[tuple[int, str]], most: int = 12) -> str:
 
 
 def live_failure(
-    cause: EndCause, output: OutputCapture, limit: int, notes: Sequence[str] = ()
+    cause: EndCause,
+    output: OutputCapture,
+    limit: int,
+    notes: Sequence[str] = (),
+    native: Sequence[str] = (),
 ) -> RunnerFailed:
-    """A detector found the runner wedged, frozen or over its memory limit."""
+    """A detector found the runner wedged, frozen or over its memory limit.
+
+    ``native``: py-spy's native stacks, after the runner's own output (``limit``
+    counts only that), so they never crowd out faulthandler's Python stacks."""
     assert cause.reason is not None
     return RunnerFailed(
         reason=cause.reason,
         error_message=cause.message,
         detected_by=cause.detected_by,
-        diagnostics=output.evidence(limit, notes),
+        diagnostics=(*output.evidence(limit, notes), *native),
     )
 
 

@@ -16,6 +16,7 @@ import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from supervisor import RunnerSpec, RunnerSupervisor, SupervisorConfig
+from supervisor.core import native_stacks
 from supervisor.core.detectors import Detectors
 from supervisor.core.evidence import memcg
 from supervisor.protocol import (
@@ -33,6 +34,7 @@ pytestmark = pytest.mark.anyio
 MiB = 2**20
 HOG = "tests.support.evidence_engines:HogEngine"
 CLOSER = "tests.support.evidence_engines:ChannelClosingEngine"
+WEDGE = "tests.support.evidence_engines:NativeWedgeEngine"
 #: No hint that an outside SIGKILL was the OOM killer (what the old text guessed).
 OOM_GUESSES = ("likely OOM", "OOM kill or", "OOM killer or", "an OOM kill")
 
@@ -179,3 +181,25 @@ def _drain(recv: MemoryObjectReceiveStream[BaseEvent]) -> list[BaseEvent]:
             out.append(recv.receive_nowait())
         except (anyio.WouldBlock, anyio.EndOfStream):
             return out
+
+
+@pytest.mark.skipif(native_stacks.py_spy() is None, reason="py-spy is not installed ([stacks])")
+async def test_a_runner_wedged_in_native_code_shows_its_native_frames(tmp_path: Path) -> None:
+    config = SupervisorConfig(decode_timeout=1.0, prefill_timeout=1.0, log_dir=str(tmp_path))
+    spec = RunnerSpec(engine=WEDGE, runner_id="wedged")
+    async with supervised(spec, config) as r:
+        await r.ready()
+        await r.sup.start_task(Generate(task_id="g", prompt="x", max_tokens=4))
+        failure = await _failure(r)
+    print("\n".join(failure.diagnostics))
+    assert failure.reason == "stalled"
+    head = f"native stacks of pid {r.sup.pid} (py-spy dump --native):"
+    at = failure.diagnostics.index(head)
+    native = failure.diagnostics[at:]
+    assert any(line.strip().startswith("pause (libc") for line in native), native
+    assert any("evidence_engines.py" in line for line in native)  # the Python frames too
+    # faulthandler's Python stacks follow, as before
+    assert any(line.startswith(("Current thread", "Thread 0x")) for line in failure.diagnostics)
+    log = (tmp_path / "wedged.log").read_text()
+    assert head in log
+    assert "pause (libc" in log
