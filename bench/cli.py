@@ -27,6 +27,7 @@ from bench.report import Section, machine_info, render_report, render_table
 BENCHMARKS = (
     "forwarding",
     "death",
+    "death_memory",
     "freeze",
     "mttr",
     "scale",

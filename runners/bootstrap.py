@@ -71,6 +71,11 @@ def main(args: BootstrapArgs) -> None:
     die_with_parent()
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)  # lead our own group so the supervisor can kill the tree
+    # The early death signal (runners.deathwatch), in our group: a signal aimed at the
+    # host's group must not reach the sentinels.
+    from runners.deathwatch import start_sentinels
+
+    start_sentinels(args.shared)
     _redirect_output(args.output.fileno())
     # fatal signals (SIGSEGV, SIGABRT, ...) print every thread's stack; SIGUSR1 too,
     # which the supervisor sends to a wedged runner before it stops it.

@@ -26,6 +26,7 @@ from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.core import verdict
 from supervisor.core.detectors import Detectors, EndCause, sleep_on_grid
 from supervisor.core.done import DONE, Done
+from supervisor.core.dying import DeathWatch
 from supervisor.core.evidence import OomEvidence, OomWitness
 from supervisor.core.host_stream import HostStream
 from supervisor.core.liveness import ResourceSample
@@ -52,6 +53,8 @@ from supervisor.protocol import (
 
 #: The log-file stream name of py-spy's native stacks (runner output is "output").
 NATIVE_STREAM = "native"
+#: How long a dying runner may take to be reaped after its end was reported.
+_RELEASE_WITHIN = 60.0
 
 
 class RankSupervisor:
@@ -120,6 +123,7 @@ class RankSupervisor:
             end=self._end,
             log=self._log,
         )
+        self._dying = DeathWatch(proc)
         self._watch = Detectors(
             proc,
             config,
@@ -234,6 +238,22 @@ class RankSupervisor:
         return self._relay.failed_at
 
     @property
+    def dying_at(self) -> float | None:
+        """`time.monotonic()` when the runner was seen dying, before its memory was
+        released (None while it lives, or when its exit was the first news)."""
+        return self._dying.dying_at
+
+    @property
+    def released(self) -> bool:
+        """True once the runner's process is gone and reaped: its memory is free."""
+        return self._proc.closed or self._proc.exitcode is not None
+
+    async def wait_released(self) -> None:
+        """Wait until the runner's memory is free (`run` has ended). A restart that
+        needs the memory (the same GPU) waits for this, not for the failure report."""
+        await self._life.wait_for(Life.FINISHED)
+
+    @property
     def probes_sent(self) -> int:
         return self._prober.sent
 
@@ -336,6 +356,7 @@ class RankSupervisor:
         watchers: list[Callable[[], Awaitable[None]]] = [
             self._relay.forward_events,
             watch.watch_exit,
+            self._watch_dying,
             watch.poll_alive,
             watch.watch_heartbeat,
             watch.watch_progress,
@@ -365,6 +386,10 @@ class RankSupervisor:
                 self._scope.cancel()
             if self._on_end is not None:
                 self._on_end()
+
+    async def _watch_dying(self) -> None:
+        """The early death signal: a dying runner is reported before its memory is free."""
+        await self._dying.watch(lambda: self._end(EndCause(detected_by="sentinel")))
 
     def _fatal_line(self, name: str, line: str) -> None:
         """A fatal pattern matched a runner output line: end the runner now."""
@@ -436,9 +461,23 @@ class RankSupervisor:
             await self._fail_live_runner(cause)
         else:
             await self._end_exited_runner(cause)
+        await self._await_release()
         self._proc.close()
         self._close_output_hook()
         self._life.transition(Life.FINISHED)
+
+    async def _await_release(self) -> None:
+        """After an early report: wait until the dying runner is reaped (its memory
+        free), so that `run` returns, and a restart starts, only then."""
+        proc = self._proc
+        if self._dying.dying_at is None or proc.exitcode is not None:
+            return
+        if await proc.wait_exit(_RELEASE_WITHIN) is None:
+            self._log.warning(
+                "runner {}: still not reaped {:g}s after its end", self.runner_id, _RELEASE_WITHIN
+            )
+            return
+        await proc.output.drain(0.1)  # its last lines, for the log file
 
     async def _fail_live_runner(self, cause: EndCause) -> None:
         """Heartbeat, progress, memory, probe or internal failure: the process still exists."""
@@ -477,7 +516,9 @@ class RankSupervisor:
 
     async def _end_exited_runner(self, cause: EndCause) -> None:
         proc, cfg = self._proc, self.config
-        code = await proc.wait_exit(1.0)
+        # Dying, with its status shown in /proc: no need to wait for its memory to go.
+        early = self._dying.exitcode if proc.exitcode is None else None
+        code = early if early is not None else await proc.wait_exit(1.0)
         stopped_by_us = False
         if code is None:
             # EOF on the event channel but still running: it closed its end or is
@@ -488,7 +529,8 @@ class RankSupervisor:
                 self._ask_stop(Stop.FORCED)
             stopped_by_us = True
         proc.kill_group()  # grandchildren in the runner's group die with it
-        await proc.output.drain(0.1)
+        # EOF comes only once a dying runner's memory is gone: take what is there.
+        await proc.output.drain(0.1 if early is None else 0.0)
         await self._relay.drain()
         self.exit_code = code
         if verdict.is_stop(code, self._relay.status, forced=self._stop is Stop.FORCED):

@@ -253,6 +253,26 @@ class RunnerSupervisor:
     def probes_sent(self) -> int:
         return sum(rank.probes_sent for rank in self._ranks)
 
+    # -- the early death signal: the end is reported before the memory is free
+    @property
+    def dying_at(self) -> float | None:
+        """`time.monotonic()` when a rank was first seen dying, before its memory was
+        released (None while they live, or when an exit was the first news)."""
+        return min((t for r in self._ranks if (t := r.dying_at) is not None), default=None)
+
+    @property
+    def released(self) -> bool:
+        """True once every rank's process is gone and reaped: their memory is free."""
+        return all(rank.released for rank in self._ranks)
+
+    async def wait_released(self) -> None:
+        """Wait until every rank's memory is free (a restart on the same GPU needs it).
+
+        A `RunnerFailed` comes first, as soon as the runner is known to be dying; `run`
+        returns only after this. A cancellation point; cancelling it changes nothing."""
+        for rank in self._ranks:
+            await rank.wait_released()
+
     # ------------------------------------------------------------------ commands
     async def start_task(self, task: BaseTask) -> None:
         """Send ``task`` (to every rank); return once the runner (every rank)

@@ -19,7 +19,9 @@ EXTEND_UNTIL = 1  # CLOCK_MONOTONIC deadline an engine declared for a long step
 LAST_TICK = 2  # CLOCK_MONOTONIC time of the main loop's last progress tick
 RUNNER_PID = 3  # the runner's pid, written once by the runner (under a keeper it is not
 # the process multiprocessing started); 0 until then
-_SLOTS = 4
+SENTINEL = 4  # the pids of the runner's sentinels (see runners.deathwatch), 0 until started
+SENTINELS = 2
+_SLOTS = SENTINEL + SENTINELS
 
 
 class SharedState:
@@ -48,6 +50,9 @@ class SharedState:
     def set_runner_pid(self, pid: int) -> None:
         self._array[RUNNER_PID] = float(pid)
 
+    def set_sentinel(self, slot: int, pid: int) -> None:
+        self._array[SENTINEL + slot] = float(pid)
+
     def extend_deadline(self, seconds: float) -> None:
         """Declare that the current step may take up to ``seconds`` without progress."""
         self._array[EXTEND_UNTIL] = time.monotonic() + seconds
@@ -66,6 +71,10 @@ class SharedState:
     def runner_pid(self) -> int:
         """The runner's pid once it wrote it, else 0."""
         return int(self._array[RUNNER_PID])
+
+    def sentinels(self) -> tuple[int, ...]:
+        """The sentinels' pids the runner published (0 for one not started yet)."""
+        return tuple(int(self._array[SENTINEL + i]) for i in range(SENTINELS))
 
     @property
     def last_tick(self) -> float:
