@@ -43,12 +43,13 @@ async def _wait_sentinels(runner_pid: int, count: int = 2, within: float = 10.0)
 async def test_a_big_runner_is_reported_failed_before_its_memory_is_free() -> None:
     if _available_gib() < BIG_GIB + 3:
         pytest.skip(f"needs {BIG_GIB + 3:g} GiB of free memory; {_available_gib():.1f} here")
-    spec = RunnerSpec(engine="bench.memory_engine:HoldMemory", options={"gib": BIG_GIB})
+    spec = RunnerSpec(engine="bench.memory_engine:HoldMemory", options={"gib": BIG_GIB, "token_delay": 0.01})
     async with supervised(spec) as r:
         await r.ready()
         runner = await r.sup.wait_runner_pid()
         await _wait_sentinels(runner)
         await r.sup.start_task(Generate(task_id="g", prompt="x " * 1000, max_tokens=1000))
+        await r.rec.wait_for(lambda: bool(r.rec.chunks("g")))
         pidfd = os.pidfd_open(runner)
         try:
             killed_at = time.monotonic()
