@@ -43,7 +43,9 @@ async def _wait_sentinels(runner_pid: int, count: int = 2, within: float = 10.0)
 async def test_a_big_runner_is_reported_failed_before_its_memory_is_free() -> None:
     if _available_gib() < BIG_GIB + 3:
         pytest.skip(f"needs {BIG_GIB + 3:g} GiB of free memory; {_available_gib():.1f} here")
-    spec = RunnerSpec(engine="bench.memory_engine:HoldMemory", options={"gib": BIG_GIB, "token_delay": 0.01})
+    spec = RunnerSpec(
+        engine="bench.memory_engine:HoldMemory", options={"gib": BIG_GIB, "token_delay": 0.01}
+    )
     async with supervised(spec) as r:
         await r.ready()
         runner = await r.sup.wait_runner_pid()
