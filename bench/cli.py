@@ -36,6 +36,7 @@ BENCHMARKS = (
     "containment",
     "embeddings",
     "fleet",
+    "loglines",
 )
 
 
