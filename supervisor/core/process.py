@@ -7,6 +7,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import time
 import weakref
 from collections.abc import Mapping
 from multiprocessing.connection import Connection
@@ -199,30 +200,26 @@ class RunnerProcess:
                 delay = min(delay * 2, 0.05)
         return self.runner_pid
 
-    @property
-    def exit_fd(self) -> int:
-        """Readable once the runner died: its pidfd once known, else ``sentinel``."""
-        if self.runner_pid is not None and self._runner_fd is not None:
-            return self._runner_fd
-        return self.sentinel
+    async def wait_runner_exit(self) -> float | None:
+        """When the runner itself (not its keeper) exited, on ``time.monotonic()``.
 
-    async def watch_exit(self) -> None:
-        """Return as soon as the runner is dead, whatever fds its children hold.
-
-        Waits on the keeper's exit until the runner reported its pid, then on the
-        runner's pidfd. The one waiter on these fds: use it instead of ``sentinel``.
+        Waits, without blocking the loop, on the runner's pidfd: the one this process
+        holds, verified as the keeper's child, never a second one opened by pid. None
+        where its exit cannot be watched (no pidfd, Linux < 5.3) or we closed first.
         """
-        delay = 0.002
-        while self.runner_pid is None:
-            with anyio.move_on_after(delay):
-                await anyio.wait_readable(self.sentinel)
-                return  # the keeper died before the runner reported: all of it is gone
-            delay = min(delay * 2, 0.05)
-        if self._runner_fd is not None:
-            await anyio.wait_readable(self._runner_fd)
-        elif self._process_fd is None:
-            await anyio.wait_readable(self.sentinel)  # no pidfds (Linux < 5.3)
-        # else the runner's pidfd was refused: it is gone already
+        if await self.wait_runner_pid() is None or self._runner_fd is None:
+            return None
+        # A duplicate: anyio allows one waiter per fd, and without a keeper the
+        # runner's pidfd is also the sentinel the exit detector waits on.
+        try:
+            fd = os.dup(self._runner_fd)
+        except OSError:
+            return None
+        try:
+            await anyio.wait_readable(fd)
+            return time.monotonic()
+        finally:
+            os.close(fd)
 
     def _root(self) -> int | None:
         """Where the tree walk starts: keeper or runner, while its pid is still ours."""

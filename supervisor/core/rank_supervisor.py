@@ -190,6 +190,11 @@ class RankSupervisor:
         """The runner's own pid, once it reported it (``pid`` as a fallback)."""
         return await self._proc.wait_runner_pid(within) or self._proc.pid
 
+    async def wait_runner_exit(self) -> float | None:
+        """When the runner itself exited (``time.monotonic()``); None where its exit
+        cannot be watched. Returns once it has exited."""
+        return await self._proc.wait_runner_exit()
+
     @property
     def containment(self) -> str:
         """What holds the runner's process tree: ``cgroup``, ``keeper`` or ``group``."""

@@ -192,6 +192,11 @@ class RunnerSupervisor:
         """Rank 0's own pid; None until it has reported it."""
         return self._lead.runner_pid
 
+    async def wait_runner_exit(self) -> float | None:
+        """When rank 0's runner process itself exited (``time.monotonic()``), not its
+        keeper; None where that cannot be watched (no pidfd)."""
+        return await self._lead.wait_runner_exit()
+
     async def wait_runner_pid(self, within: float = 60.0) -> int:
         """Rank 0's own pid, once it reported it (``pid`` as a fallback)."""
         return await self._lead.wait_runner_pid(within)

@@ -7,11 +7,6 @@ last heartbeat change the detector saw stands in for their moment.
 
 from __future__ import annotations
 
-import os
-import time
-
-import anyio
-
 from supervisor.core.runner_supervisor import RunnerSupervisor
 from supervisor.protocol import RunnerFailed
 
@@ -19,41 +14,21 @@ from supervisor.protocol import RunnerFailed
 _DEATHS = frozenset({"exited", "signalled", "oom_killed", "crashed"})
 
 
-def _open_pidfd(pid: int) -> int | None:
-    opener = getattr(os, "pidfd_open", None)
-    if opener is None:
-        return None
-    try:
-        fd: int = opener(pid)
-    except OSError:
-        return None
-    return fd
-
-
 class ExitClock:
     """Records when one runner exits (no clock where pidfds are missing)."""
 
-    __slots__ = ("_fd", "exited_at")
+    __slots__ = ("exited_at",)
 
     def __init__(self) -> None:
-        self._fd: int | None = None
         self.exited_at: float | None = None
 
     async def watch(self, sup: RunnerSupervisor) -> None:
         """Wait for the runner's exit and note its time (returns at once without a pidfd).
 
-        The runner's own pid, not its keeper's: the keeper outlives the runner by
-        the tree's clean-up, too close to the report to time anything."""
-        self._fd = _open_pidfd(await sup.wait_runner_pid())
-        if self._fd is not None:
-            await anyio.wait_readable(self._fd)
-            self.exited_at = time.monotonic()
-
-    def close(self) -> None:
-        """Only once nothing waits in `watch` any more."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        The runner's own exit, not its keeper's: the keeper outlives the runner by
+        the tree's clean-up, too close to the report to time anything. The core's
+        pidfd on the runner tells it: no second one is opened here."""
+        self.exited_at = await sup.wait_runner_exit()
 
 
 def detection_latency(

@@ -183,7 +183,6 @@ class Incarnation:
                     await launched.done.wait()
                     side.cancel_scope.cancel()
         finally:
-            clock.close()
             self.settled.set()
 
     async def _pump(

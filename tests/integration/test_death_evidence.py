@@ -203,3 +203,26 @@ async def test_a_runner_wedged_in_native_code_shows_its_native_frames(tmp_path: 
     log = (tmp_path / "wedged.log").read_text()
     assert head in log
     assert "pause (libc" in log
+
+
+@pytest.mark.parametrize("containment", ["keeper", "group"])
+async def test_the_runners_exit_is_timed_on_the_cores_own_pidfd(containment: str) -> None:
+    config = SupervisorConfig(containment=containment)
+    exits: list[float | None] = []
+    async with supervised(RunnerSpec(engine="echo"), config) as r:
+        await r.ready()
+
+        async def clock() -> None:
+            exits.append(await r.sup.wait_runner_exit())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(clock)
+            await anyio.sleep(0.1)
+            killed_at = time.monotonic()
+            os.kill(r.sup.pid, signal.SIGKILL)
+            failure = await _failure(r)
+    assert failure.signal == signal.SIGKILL
+    (exited_at,) = exits
+    assert exited_at is not None
+    assert r.sup.failed_at is not None
+    assert killed_at <= exited_at <= r.sup.failed_at
