@@ -2,10 +2,12 @@
 
 Runs each benchmark in turn (each with its own event loop), prints the markdown table
 on stdout and writes the full report (machine info, table, notes) to ``--out``.
-Exits 1 if a benchmark broke, so CI notices a benchmark that rotted; a missed
-target alone does not fail the run (shared CI machines are noisy), it is marked
-MISSED in the table. ``--plots`` also draws the latency distributions as PNGs in a
-folder beside the report (``RESULTS-plots/`` for ``RESULTS.md``) and links them from it.
+Exits 1 if a benchmark broke, so CI notices a benchmark that rotted, or if a
+regression gate failed (bench/gates.py: a gross regression only, thresholds far
+looser than the targets); a missed target alone does not fail the run (shared CI
+machines are noisy), it is marked MISSED in the table. ``--plots`` also draws the
+latency distributions as PNGs in a folder beside the report (``RESULTS-plots/`` for
+``RESULTS.md``) and links them from it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from bench import gates
 from bench.common import SUPERVISOR_LOG, Mode, progress, quiet_supervisor_logs
 from bench.report import Section, machine_info, render_report, render_table
 
@@ -113,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
     print(render_table(sections))
+    figures = {k: v for section in sections for k, v in section.figures.items()}
+    verdicts = gates.check(figures)
+    failed = gates.failures(verdicts)
+    print()
+    print(gates.render(verdicts))
+    for v in failed:
+        progress(f"regression gate failed: {v.gate.what}: see the gates table")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     links: list[tuple[str, str]] = []
     if args.plots:
@@ -121,6 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         for title, png in plots.draw(named, _plot_folder(args.out)):
             links.append((title, os.path.relpath(png, args.out.parent)))
             progress(f"plot: {png}")
-    args.out.write_text(render_report(sections, info, command.strip(), links))
+    args.out.write_text(render_report(sections, info, command.strip(), links, verdicts))
     progress(f"wrote {args.out}")
-    return 1 if broken else 0
+    return 1 if broken or failed else 0

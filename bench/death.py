@@ -19,7 +19,7 @@ from multiprocessing.process import BaseProcess
 
 import anyio
 
-from bench import supervisord
+from bench import gates, supervisord
 from bench.common import Mode, fleet, progress, run_async
 from bench.report import Row, Section, Stats, fmt, ratio
 
@@ -99,6 +99,7 @@ def run(mode: Mode) -> Section:
     mine, kernel, detectors, extra = run_async(mode, lambda: ours(reps))
     st = Stats.of(mine, "s")
     own = Stats.of([m - k for m, k in zip(mine, kernel, strict=True)], "s")
+    s.figures[gates.DEATH_OWN_SHARE_P99] = own.tail
     s.add(
         Row(
             bench,

@@ -16,6 +16,8 @@ from typing import Literal
 
 import psutil
 
+from bench import gates
+
 #: s = latency (lower is better), /s = rate (higher is better), B = bytes, % = of one
 #: core, n = a plain number (e.g. objects per task).
 Unit = Literal["s", "/s", "B", "%", "n"]
@@ -121,6 +123,8 @@ class Section:
     seconds: float = 0.0
     #: Benchmarks (``Row.bench``) whose samples are latency distributions worth drawing.
     plotted: list[str] = field(default_factory=list)
+    #: Headline figures by name (bench/gates.py): what the regression gates check.
+    figures: dict[str, float] = field(default_factory=dict)
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
@@ -238,6 +242,7 @@ def render_report(
     info: Sequence[tuple[str, str]],
     command: str,
     plots: Sequence[tuple[str, str]] = (),
+    verdicts: Sequence[gates.Verdict] = (),
 ) -> str:
     lines = [
         "# Benchmark results",
@@ -254,6 +259,16 @@ def render_report(
         "",
         render_table(sections),
         "",
+    ]
+    if verdicts:
+        lines += [
+            "Regression gates (bench/gates.py, docs/performance.md): the run fails only",
+            "when one of these drifts grossly; the targets are for a quiet machine.",
+            "",
+            gates.render(verdicts),
+            "",
+        ]
+    lines += [
         "## Notes",
         "",
         render_notes(sections),

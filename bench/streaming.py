@@ -29,6 +29,7 @@ import anyio
 import psutil
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from bench import gates
 from bench.common import Mode, gather, progress, run_async
 from bench.engines import pipe_streamer
 from bench.report import Row, Section, Stats, Unit, fmt, ratio
@@ -287,6 +288,9 @@ def run(mode: Mode) -> Section:
         (cpu, Stats.of(mine.cpu_per_1k, "s"), Stats.of(base.cpu_per_1k, "s"), "%"),
         (lat, Stats.of(mine.latencies, "s"), Stats.of(base.latencies, "s"), "s"),
     ]
+    (_, cpu_ours, cpu_base, _), (_, lat_ours, lat_base, _) = measures
+    s.figures[gates.STREAMING_CPU_VS_BARE] = cpu_ours.median / cpu_base.median
+    s.figures[gates.STREAMING_LATENCY_VS_BARE] = lat_ours.median / lat_base.median
     for bench, ours_stats, base_stats, wording in measures:
         s.add(Row(bench, "ours: RunnerNode", "s", ours_stats, note=short["ours"]))
         vs = ratio(ours_stats.median, base_stats.median, wording)
