@@ -115,7 +115,8 @@ async def test_a_backtracking_pattern_cannot_stall_the_event_loop(tmp_path: Path
     texts = [row["text"] for row in rows if row is not None]
     assert texts.count(BACKTRACK_BAIT) == 200  # every line went through the matcher
     assert r.rec.failures() == []  # (a+)+$ does not match a line that ends in "!"
-    assert worst < 0.5, f"the event loop stalled {worst * 1e3:.0f} ms"
+    # (generous for a loaded machine: with re, one line alone held the loop 4.7 s)
+    assert worst < 1.0, f"the event loop stalled {worst * 1e3:.0f} ms"
 
 
 async def test_a_runner_restarted_twice_leaves_one_file_with_three_incarnations(

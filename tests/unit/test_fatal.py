@@ -178,15 +178,24 @@ def test_a_line_with_a_lone_surrogate_is_matched_not_an_error() -> None:
 EVIL = ["(a+)+$", "(a|a)+$", "(a|aa)+$", "(.*a){12}$", "^(\\w+\\s?)+$", "(x+x+)+y"]
 
 
+def fastest(fn: object, tries: int = 3) -> float:
+    """The best of a few timings: a loaded machine may preempt one, never all three."""
+    assert callable(fn)
+    best = float("inf")
+    for _ in range(tries):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 @pytest.mark.parametrize("regex", EVIL)
 def test_backtracking_patterns_cost_a_line_linear_time(regex: str) -> None:
     """Python's re takes seconds (27 'a' then '!' against (a+)+$: 4.7 s); RE2 cannot
     backtrack. No line may hold the event loop for 50 ms."""
     m = FatalMatcher([regex], use_defaults=False)
     for line in ("a" * 27 + "!", "a" * 5000 + "!", "x" * 5000, ("word " * 2000) + "!"):
-        t0 = time.perf_counter()
-        m.match(line)
-        took = time.perf_counter() - t0
+        took = fastest(lambda line=line: m.match(line))
         assert took < 0.05, f"{regex!r} took {took * 1e3:.0f} ms on a {len(line)}-char line"
 
 
@@ -203,9 +212,8 @@ def test_no_pattern_and_line_cost_the_loop_50_ms(regex: str, count: int, tail: s
         m = FatalMatcher([regex + "$"], use_defaults=False)
     except ValueError:
         return  # matches an empty line: refused
-    t0 = time.perf_counter()
-    m.match("a" * count + tail)
-    assert time.perf_counter() - t0 < 0.05
+    line = "a" * count + tail
+    assert fastest(lambda: m.match(line)) < 0.05
 
 
 FRAGMENTS = [
@@ -248,6 +256,16 @@ def test_defaults_find_what_python_re_finds(line: str) -> None:
 @pytest.mark.parametrize(("line", "name"), MUST_MATCH)
 def test_defaults_find_their_lines_inside_other_text(line: str, name: str) -> None:
     assert FatalMatcher().match(f"[rank3]: {line} (pid 7)") == name
+
+
+def test_the_config_refuses_what_re2_cannot_match() -> None:
+    from supervisor import SupervisorConfig
+
+    with pytest.raises(ValueError, match="no backreferences"):
+        SupervisorConfig(fatal_patterns=(r"(\w+) then \1",))
+    with pytest.raises(ValueError, match="no lookahead or lookbehind"):
+        SupervisorConfig(fatal_patterns=("engine(?! ok)",))
+    assert SupervisorConfig(fatal_patterns=(r"(a+)+$",)).fatal_patterns == (r"(a+)+$",)
 
 
 @pytest.mark.parametrize(
