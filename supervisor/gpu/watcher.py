@@ -107,6 +107,8 @@ class GpuWatcher:
         self.events: list[GpuEvent] = []
         #: every failure asked for, oldest first (the last 100)
         self.failed: list[FailRunner] = []
+        #: indexes of the GPUs whose Xid events are watched (set once `run` started)
+        self.registered: list[int] = []
         self._lost: set[str] = set()
         self._failed_last: dict[str, Incarnation] = {}  # runner id -> incarnation failed
         self._sampled = anyio.Event()  # set, and replaced, at every reading
@@ -146,7 +148,7 @@ class GpuWatcher:
     ) -> None:
         """Watch until cancelled; NVML is shut down on the way out."""
         try:
-            registered = await anyio.to_thread.run_sync(self.nvml.watch_events)
+            self.registered = registered = await anyio.to_thread.run_sync(self.nvml.watch_events)
             logger.info(
                 "GPU watcher: {} GPU(s), Xid events from {}",
                 len(self.nvml.devices),
