@@ -20,7 +20,7 @@ from supervisor.errors import (
 )
 
 if TYPE_CHECKING:
-    from supervisor.core.liveness import ResourceSample
+    from supervisor.core.detection.liveness import ResourceSample
     from supervisor.core.runner_supervisor import RunnerSupervisor
     from supervisor.node import RunnerNode, UnknownGroupError, UnknownRunnerError
     from supervisor.ops.health import serve_health
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "RunnerSupervisor": "supervisor.core.runner_supervisor",
-    "ResourceSample": "supervisor.core.liveness",
+    "ResourceSample": "supervisor.core.detection.liveness",
     "RestartingSupervisor": "supervisor.restart.restarting_supervisor",
     "RestartPolicy": "supervisor.restart.policy",
     "RestartTracker": "supervisor.restart.policy",

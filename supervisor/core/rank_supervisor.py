@@ -4,8 +4,9 @@ an anyio task group.
 `RunnerSupervisor` (``runner_supervisor``) is the logical runner the host talks to;
 it is made of one `RankSupervisor` per rank process. This is a coordinator over
 named parts: the task book (`tasks`), the relay of events to
-the host and of the end's report (`relay`), the watch loops (`detectors`), the
-health canary (`prober`) and the classification of the end (`verdict`). It owns
+the host and of the end's report (`relay`), the detectors `detection.registry`
+lists (watch loops, health canary, fatal lines) and the classification of the end
+(`verdict`). It owns
 the commands, the stop path and the one path that ends an incarnation; its
 lifecycle is one `StateMachine` over `Life` (`lifecycle`).
 """
@@ -16,6 +17,7 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import NoReturn
 
 import anyio
@@ -24,14 +26,16 @@ from loguru import logger
 
 from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.core import verdict
-from supervisor.core.detectors import Detectors, EndCause, sleep_on_grid
+from supervisor.core.detection import registry
+from supervisor.core.detection.interface import EndCause, Watched
+from supervisor.core.detection.liveness import ResourceSample
+from supervisor.core.detection.prober import Prober
+from supervisor.core.detection.watches import Detectors, sleep_on_grid
 from supervisor.core.done import DONE, Done
 from supervisor.core.dying import DeathWatch
 from supervisor.core.evidence import OomEvidence, OomWitness
 from supervisor.core.host_stream import HostStream
-from supervisor.core.liveness import ResourceSample
 from supervisor.core.native_stacks import dump_native_stacks
-from supervisor.core.prober import Prober
 from supervisor.core.process import RunnerProcess
 from supervisor.core.relay import Relay
 from supervisor.core.statemachine import LIFE_TABLE, Life, Notifier, StateMachine, Stop
@@ -357,18 +361,18 @@ class RankSupervisor:
         self._life.transition(Life.RUNNING)
         if self._early_end is not None:
             self._end(self._early_end)
-        watch = self._watch
+        # Every detector's loop, as the registry lists them, then the rank's own loops.
+        watched = Watched(
+            watches=self._watch,
+            prober=self._prober,
+            relay=self._relay,
+            early_death=self._watch_dying,
+        )
         watchers: list[Callable[[], Awaitable[None]]] = [
-            self._relay.forward_events,
-            watch.watch_exit,
-            self._watch_dying,
-            watch.poll_alive,
-            watch.watch_heartbeat,
-            watch.watch_progress,
+            *(partial(spec.run, watched) for spec in registry.loops() if spec.run is not None),
             self._proc.tasks.flush_forever,
             self._proc.output.pump,
             self._escalate_stop,
-            self._prober.run,
             self._note_cgroup,
         ]
         try:

@@ -19,10 +19,11 @@ from loguru import logger
 
 from supervisor.config import SupervisorConfig
 from supervisor.core.channel import ChannelReader, FrameError
-from supervisor.core.detectors import EndCause, Phase, phase_deadline
+from supervisor.core.detection.interface import EndCause
+from supervisor.core.detection.liveness import ProgressMonitor
+from supervisor.core.detection.prober import Prober
+from supervisor.core.detection.watches import Phase, phase_deadline
 from supervisor.core.host_stream import HostStream
-from supervisor.core.liveness import ProgressMonitor
-from supervisor.core.prober import Prober
 from supervisor.core.statemachine import Notifier
 from supervisor.core.tasks import TaskBook
 from supervisor.protocol import (

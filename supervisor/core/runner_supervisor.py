@@ -22,10 +22,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from loguru import logger
 
 from supervisor.config import RunnerSpec, SupervisorConfig
+from supervisor.core.detection.liveness import ResourceSample
 from supervisor.core.done import DONE, Done
 from supervisor.core.exec_env import rank_env
 from supervisor.core.host_stream import HostStream
-from supervisor.core.liveness import ResourceSample
 from supervisor.core.rank_fanin import RankFanIn
 from supervisor.core.rank_supervisor import RankSupervisor
 from supervisor.core.rendezvous import MASTER_ADDR, free_port

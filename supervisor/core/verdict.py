@@ -11,10 +11,10 @@ import signal
 from collections.abc import Sequence
 
 from supervisor.config import SupervisorConfig
-from supervisor.core.detectors import EndCause
+from supervisor.core.detection.interface import EndCause
+from supervisor.core.detection.liveness import ResourceSample
 from supervisor.core.diagnostics import OutputCapture
 from supervisor.core.evidence import OomEvidence
-from supervisor.core.liveness import ResourceSample
 from supervisor.core.process import describe_exit
 from supervisor.protocol import (
     BaseRunnerStatus,

@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from supervisor.core.liveness import ResourceSample
+from supervisor.core.detection.liveness import ResourceSample
 from supervisor.core.runner_supervisor import RunnerSupervisor
 from supervisor.core.statemachine import StateMachine
 from supervisor.errors import RunnerUnavailableError, SupervisorClosedError, SupervisorError

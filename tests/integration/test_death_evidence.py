@@ -17,7 +17,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from supervisor import RunnerSpec, RunnerSupervisor, SupervisorConfig
 from supervisor.core import native_stacks
-from supervisor.core.detectors import Detectors
+from supervisor.core.detection.watches import Detectors
 from supervisor.core.evidence import memcg
 from supervisor.protocol import (
     BaseEvent,

@@ -8,8 +8,8 @@ import anyio
 import pytest
 
 from supervisor.config import SupervisorConfig
-from supervisor.core.detectors import EndCause
-from supervisor.core.prober import PROBE_PREFIX, Prober
+from supervisor.core.detection.interface import EndCause
+from supervisor.core.detection.prober import PROBE_PREFIX, Prober
 from supervisor.core.tasks import RESERVED_PREFIX
 from supervisor.protocol import (
     DEVICE_UNHEALTHY,

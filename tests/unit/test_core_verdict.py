@@ -12,10 +12,11 @@ import pytest
 
 from supervisor.config import SupervisorConfig
 from supervisor.core import verdict
-from supervisor.core.detectors import EndCause, phase_deadline
+from supervisor.core.detection.interface import EndCause
+from supervisor.core.detection.liveness import HeartbeatMonitor
+from supervisor.core.detection.watches import phase_deadline
 from supervisor.core.diagnostics import OutputCapture
 from supervisor.core.evidence import OomEvidence
-from supervisor.core.liveness import HeartbeatMonitor
 from supervisor.protocol import (
     CrashReport,
     RunnerFailed,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import psutil
 import pytest
 
-from supervisor.core.liveness import HeartbeatMonitor, HeartbeatVerdict, ProcessSample
+from supervisor.core.detection.liveness import HeartbeatMonitor, HeartbeatVerdict, ProcessSample
 
 INTERVAL = 0.5
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervisor.core.liveness import (
+from supervisor.core.detection.liveness import (
     BUSY_CPU_EPSILON,
     HeartbeatMonitor,
     ProcessSample,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from supervisor.core.liveness import ResourceMeter
+from supervisor.core.detection.liveness import ResourceMeter
 from supervisor.core.procfs import ProcReader, uss
 from supervisor.core.treemem import TreeReader
 

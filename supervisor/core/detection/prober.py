@@ -15,7 +15,7 @@ import anyio
 from loguru import logger
 
 from supervisor.config import SupervisorConfig
-from supervisor.core.detectors import EndCause
+from supervisor.core.detection.interface import EndCause
 from supervisor.core.tasks import RESERVED_PREFIX
 from supervisor.protocol import (
     DEVICE_UNHEALTHY,

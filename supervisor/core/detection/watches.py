@@ -4,21 +4,21 @@ Every loop runs in the supervisor's task group and calls ``end`` with an `EndCau
 when it sees the runner's end (death, freeze, wedge, memory); the supervisor keeps
 the first cause and cancels the rest. The judgement itself (is a stale heartbeat a
 freeze? is this silence past the phase's deadline?) lives in the pure monitors of
-`supervisor.core.liveness`; these loops only feed them readings.
+`supervisor.core.detection.liveness`; these loops only feed them readings.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
 from loguru import logger
 
 from supervisor.config import SupervisorConfig
-from supervisor.core.liveness import (
+from supervisor.core.detection.interface import EndCause
+from supervisor.core.detection.liveness import (
     HeartbeatMonitor,
     ProgressMonitor,
     ResourceMeter,
@@ -30,8 +30,6 @@ from supervisor.core.process import RunnerProcess
 from supervisor.core.statemachine import Notifier
 from supervisor.protocol import (
     BaseRunnerStatus,
-    Detector,
-    FailureReason,
     RunnerLoading,
     RunnerRunning,
     RunnerWarmingUp,
@@ -39,18 +37,6 @@ from supervisor.protocol import (
 
 if TYPE_CHECKING:
     from loguru import Logger
-
-
-@dataclass(frozen=True, slots=True)
-class EndCause:
-    """Why the watch ended. ``reason`` is None when the process exited by itself."""
-
-    detected_by: Detector
-    reason: FailureReason | None = None
-    message: str = ""
-    frozen: bool = False
-    #: lines put first in the failure's diagnostics (the fatal line that ended it)
-    evidence: tuple[str, ...] = ()
 
 
 #: The current phase's name and its progress deadline in seconds; None when idle.
@@ -213,4 +199,4 @@ class Detectors:
             return
 
 
-__all__ = ["Detectors", "EndCause", "Phase", "Phases", "phase_deadline", "sleep_on_grid"]
+__all__ = ["Detectors", "Phase", "Phases", "phase_deadline", "sleep_on_grid"]
