@@ -129,6 +129,15 @@ DETECTORS: tuple[DetectorSpec, ...] = (
         driven_by="the rank supervisor's guard around every loop, its end path when the "
         "host cancels run, and the restart layer's launcher",
     ),
+    DetectorSpec(
+        name="nvml",
+        watches="the runner's GPUs through NVML, from outside the runner: Xid critical "
+        "and double-bit ECC errors, a lost GPU, GPU memory per process tree",
+        config_fields=("gpu_memory_limit",),
+        home="supervisor.gpu.watcher",
+        reasons=("gpu_fault", "memory_limit"),
+        driven_by="the node's one GpuWatcher, which ends a runner through its public fail verb",
+    ),
 )
 
 BY_NAME: dict[str, DetectorSpec] = {spec.name: spec for spec in DETECTORS}
