@@ -134,7 +134,7 @@ DETECTORS: tuple[DetectorSpec, ...] = (
         watches="the runner's GPUs through NVML, from outside the runner: Xid critical "
         "and double-bit ECC errors, a lost GPU, GPU memory per process tree",
         config_fields=("gpu_memory_limit",),
-        home="supervisor.gpu.watcher",
+        modules=("supervisor.gpu.watcher",),
         reasons=("gpu_fault", "memory_limit"),
         driven_by="the node's one GpuWatcher, which ends a runner through its public fail verb",
     ),
