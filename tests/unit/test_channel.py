@@ -6,7 +6,10 @@ import os
 import random
 from multiprocessing.connection import Connection
 
-from supervisor.core.channel import FrameDecoder
+import anyio
+import pytest
+
+from supervisor.core.channel import ChannelReader, FrameDecoder
 from supervisor.core.process import describe_exit
 from supervisor.ipc.wire import encode_frame
 from supervisor.protocol import (
@@ -61,3 +64,62 @@ def test_exit_descriptions() -> None:
     assert describe_exit(-9) == "signal=9 (Killed)"
     assert describe_exit(-11) == "signal=11 (Segmentation fault)"
     assert describe_exit(-15) == "signal=15 (Terminated)"
+
+
+# ------------------------------------------------ ChannelReader.receive on a real pipe
+@pytest.mark.anyio
+async def test_receive_wakes_per_event_then_closing_wakes_the_waiter(anyio_backend: str) -> None:
+    r, w = os.pipe()
+    reader = ChannelReader(r)
+    try:
+        for i in range(3):  # the asyncio watch stays registered across these waits
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_write_later, w, encode_frame(EVENTS[0]))
+                    assert await reader.receive() == [EVENTS[0]], i
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+
+                async def close_soon() -> None:
+                    await anyio.sleep(0.05)
+                    reader.close()
+
+                tg.start_soon(close_soon)
+                with pytest.raises(anyio.ClosedResourceError):
+                    await reader.receive()
+    finally:
+        reader.close()
+        os.close(w)
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_receive_leaves_the_reader_usable(anyio_backend: str) -> None:
+    r, w = os.pipe()
+    reader = ChannelReader(r)
+    try:
+        with anyio.move_on_after(0.05) as scope:
+            await reader.receive()  # nothing written: only the timeout ends it
+        assert scope.cancelled_caught
+        # Written while nobody waits: the next receive still sees it, and so does
+        # one after a write that fired the watch while the reader was busy elsewhere.
+        os.write(w, encode_frame(EVENTS[1]))
+        await anyio.sleep(0.01)
+        with anyio.fail_after(10):
+            assert await reader.receive() == [EVENTS[1]]
+            os.write(w, encode_frame(EVENTS[2]))
+            await anyio.sleep(0.01)
+            assert await reader.receive() == [EVENTS[2]]
+        os.close(w)
+        w = -1
+        with anyio.fail_after(10):
+            assert await reader.receive() == []
+        assert reader.eof
+    finally:
+        reader.close()
+        if w >= 0:
+            os.close(w)
+
+
+async def _write_later(fd: int, data: bytes) -> None:
+    await anyio.sleep(0.01)
+    os.write(fd, data)
