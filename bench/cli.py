@@ -40,6 +40,7 @@ BENCHMARKS = (
     "embeddings",
     "fleet",
     "loglines",
+    "evidence",
 )
 #: Known to ``--only`` but not run by default: they need hardware a CI machine lacks.
 OPTIONAL = ("gpu",)

@@ -548,9 +548,7 @@ class RankSupervisor:
         crash, resources = self._relay.crash, self.resources
         oom: OomEvidence | None = None
         if code == -signal.SIGKILL and not stopped_by_us and crash is None:
-            # Off the loop: the kernel log may hold thousands of records.
-            pids = {proc.process_pid, proc.pid}
-            oom = await anyio.to_thread.run_sync(self._oom.collect, pids)
+            oom = await self._oom.after_sigkill({proc.process_pid, proc.pid})
         await self._relay.report_failure(
             verdict.exit_failure(
                 code,

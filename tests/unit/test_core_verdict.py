@@ -109,7 +109,7 @@ def _oom(**fields: object) -> OomEvidence:
         ),
         # the runner's own cgroup counted a kill (no kernel log here)
         (
-            _oom(cgroup=Path("/cg"), cgroup_kills=1, system_kills=1),
+            _oom(cgroup=Path("/cg"), cgroup_kills=1, system_kills=1, kmsg_readable=False),
             "oom_killed",
             "OOM kill counted: memory cgroup /cg oom_kill +1, system oom_kill +1; "
             "/dev/kmsg not readable",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -93,11 +94,28 @@ def test_the_witness_follows_a_move_and_reads_the_increase(tmp_path: Path) -> No
     witness.note(10)
     (fs / "b" / "memory.oom_control").write_text("oom_kill 8\n")
     (proc / "vmstat").write_text("oom_kill 6\n")
-    evidence = witness.collect([10])
+    evidence = witness.collect()
     assert evidence.cgroup == fs / "b"
     assert (evidence.cgroup_kills, evidence.system_kills) == (1, 1)
     assert evidence.oom_killed
-    assert not evidence.kmsg_readable
+    assert evidence.kmsg_readable is None  # not read yet
+    assert witness.read_kernel_log(evidence, [10]).kmsg_readable is False
+
+
+@pytest.mark.anyio
+async def test_the_kernel_log_is_read_only_after_a_counted_oom_kill(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "vmstat").write_text("oom_kill 5\n")
+    witness = OomWitness(str(proc), kmsg_path=str(tmp_path / "no-kmsg"))
+    quiet = await witness.after_sigkill([10])
+    assert (quiet.system_kills, quiet.kmsg_readable) == (0, None)
+    assert "kmsg" not in quiet.counters()
+    (proc / "vmstat").write_text("oom_kill 6\n")
+    counted = await witness.after_sigkill([10])
+    assert (counted.system_kills, counted.kmsg_readable) == (1, False)
+    assert counted.counters().endswith("; /dev/kmsg not readable")
+    assert not counted.oom_killed  # the system's count alone names nobody
 
 
 def test_the_real_system_counter_is_readable_on_linux() -> None:

@@ -84,14 +84,27 @@ def memory_cgroup(proc_cgroup: str, mountinfo: str) -> MemoryCgroup | None:
     return MemoryCgroup(where, 2) if where is not None else None
 
 
-def cgroup_of(pid: int, proc: str = PROC) -> MemoryCgroup | None:
-    """The memory cgroup of live process ``pid``; None if gone or not visible here."""
+def mount_table(proc: str = PROC) -> str:
+    """This process's /proc/self/mountinfo ("" if unreadable)."""
     try:
-        own = Path(proc, str(pid), "cgroup").read_text()
-        mountinfo = Path(proc, "self", "mountinfo").read_text()
+        return Path(proc, "self", "mountinfo").read_text()
+    except OSError:
+        return ""
+
+
+def proc_cgroup(pid: int, proc: str = PROC) -> str | None:
+    """``/proc/<pid>/cgroup``; None once the process is gone."""
+    try:
+        with open(f"{proc}/{pid}/cgroup", "rb") as f:
+            return f.read().decode("utf-8", "replace")
     except OSError:
         return None
-    return memory_cgroup(own, mountinfo)
+
+
+def cgroup_of(pid: int, proc: str = PROC) -> MemoryCgroup | None:
+    """The memory cgroup of live process ``pid``; None if gone or not visible here."""
+    own = proc_cgroup(pid, proc)
+    return None if own is None else memory_cgroup(own, mount_table(proc))
 
 
 #: ``PF_EXITING`` in /proc/PID/stat's flags: set first thing in the kernel's exit path.
@@ -125,7 +138,9 @@ __all__ = [
     "cgroup_of",
     "is_exiting",
     "memory_cgroup",
+    "mount_table",
     "oom_kill_count",
+    "proc_cgroup",
     "system_oom_kills",
     "v1_memory_mount",
     "v1_memory_path",

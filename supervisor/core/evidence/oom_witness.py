@@ -2,8 +2,9 @@
 
 `OomWitness` notes what can only be read while the runner lives (its memory
 cgroup and that cgroup's ``oom_kill`` count) and the system's count at spawn; after
-a SIGKILL death, `OomWitness.collect` reads them again and the kernel log, and
-returns `OomEvidence`. The judgement is `OomEvidence.oom_killed`: the kernel log
+a SIGKILL death, `OomWitness.after_sigkill` reads them again and, only where the
+system counted a kill (else it has no line to find), the kernel log, in a worker
+thread; it returns `OomEvidence`. The judgement is `OomEvidence.oom_killed`: the kernel log
 naming the pid, or the runner's own cgroup counting a kill. The system-wide count
 alone never names a victim (another process may have been the one), so it is shown
 but decides nothing.
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import anyio
 
 from supervisor.core.evidence import kmsg, memcg
 
@@ -30,7 +33,8 @@ class OomEvidence:
     cgroup_kills: int | None = None  # increase of the cgroup's oom_kill over the run
     system_kills: int | None = None  # increase of /proc/vmstat oom_kill over the run
     kernel_lines: tuple[str, ...] = ()
-    kmsg_readable: bool = False
+    #: None: not read (no kill counted: nothing to find there)
+    kmsg_readable: bool | None = None
 
     @property
     def oom_killed(self) -> bool:
@@ -54,7 +58,7 @@ class OomEvidence:
             if self.system_kills is not None
             else "/proc/vmstat not readable"
         )
-        log = "" if self.kmsg_readable else "; /dev/kmsg not readable"
+        log = "; /dev/kmsg not readable" if self.kmsg_readable is False else ""
         return f"{cgroup}, {system}{log}"
 
 
@@ -66,6 +70,8 @@ class OomWitness:
         self._kmsg = kmsg_path
         self.since = time.monotonic()
         self._system_base = memcg.system_oom_kills(proc)
+        self._mounts: str | None = None
+        self._seen: str | None = None  # the /proc/PID/cgroup text last taken
         self._cgroup: memcg.MemoryCgroup | None = None
         self._cgroup_base: int | None = None
 
@@ -79,16 +85,21 @@ class OomWitness:
 
         Cheap (one small /proc read while the cgroup stays the same): called at each
         poll so that a runner moved into another cgroup is followed."""
-        cgroup = memcg.cgroup_of(pid, self._proc)
-        if cgroup is None or cgroup == self._cgroup:
-            return
+        text = memcg.proc_cgroup(pid, self._proc)
+        if text is None or text == self._seen:
+            return  # gone, or where it was: the usual case, one small read
+        if self._mounts is None:  # long, and cgroup mounts do not move under a host
+            self._mounts = memcg.mount_table(self._proc)
+        cgroup = memcg.memory_cgroup(text, self._mounts)
         # Checked after the read: a process not yet exiting then was in ``cgroup``.
-        if not memcg.is_exiting(pid, self._proc):
+        if cgroup is None or memcg.is_exiting(pid, self._proc):
+            return
+        self._seen = text
+        if cgroup != self._cgroup:
             self._cgroup, self._cgroup_base = cgroup, cgroup.oom_kills()
 
-    def collect(self, pids: Collection[int]) -> OomEvidence:
-        """After a SIGKILL death: the counters' increase and the kernel's lines naming
-        ``pids``. Blocking file reads (bounded): call it from a worker thread."""
+    def collect(self) -> OomEvidence:
+        """The counters' increase since the runner was seen alive (two small reads)."""
         cgroup_kills = None
         if self._cgroup is not None and self._cgroup_base is not None:
             now = self._cgroup.oom_kills()
@@ -97,15 +108,27 @@ class OomWitness:
         system_now = memcg.system_oom_kills(self._proc)
         if system_now is not None and self._system_base is not None:
             system_kills = max(0, system_now - self._system_base)
-        records = kmsg.read_records(self._kmsg)
-        lines = kmsg.oom_lines(records, set(pids), self.since - _SLACK_S)
         return OomEvidence(
             cgroup=self._cgroup.path if self._cgroup is not None else None,
             cgroup_kills=cgroup_kills,
             system_kills=system_kills,
-            kernel_lines=tuple(lines),
-            kmsg_readable=bool(records),
         )
+
+    def read_kernel_log(self, evidence: OomEvidence, pids: Collection[int]) -> OomEvidence:
+        """``evidence`` with the kernel's OOM lines naming ``pids``. Blocking reads of
+        the whole ring (bounded): call it from a worker thread."""
+        records = kmsg.read_records(self._kmsg)
+        lines = kmsg.oom_lines(records, set(pids), self.since - _SLACK_S)
+        return replace(evidence, kernel_lines=tuple(lines), kmsg_readable=bool(records))
+
+    async def after_sigkill(self, pids: Collection[int]) -> OomEvidence:
+        """The kernel's word on a SIGKILL death of ``pids``. Without an OOM kill
+        counted anywhere on the system, the kernel log has nothing to say: it is
+        read (off the loop) only after one."""
+        evidence = self.collect()
+        if evidence.system_kills == 0:
+            return evidence
+        return await anyio.to_thread.run_sync(self.read_kernel_log, evidence, pids)
 
 
 __all__ = ["OomEvidence", "OomWitness"]
