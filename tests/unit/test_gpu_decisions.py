@@ -182,3 +182,15 @@ def test_over_memory_limit() -> None:
     assert "3072 MiB exceeds gpu_memory_limit 2048 MiB" in d.message
     assert "gpu_memory_by_pid=1: 3072 MiB" in d.diagnostics
     assert over_memory_limit(placed, 3 * GIB) == []  # at the limit is within it
+
+
+def test_docs_gpu_md_lists_the_xid_table_as_the_code_has_it() -> None:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "gpu.md").read_text()
+    rows = {
+        int(m.group(1)): (m.group(2), m.group(3))
+        for m in re.finditer(r"^\| (\d+) \| (.+?) \| `(\w+)` \|$", text, re.MULTILINE)
+    }
+    assert rows == {n: (i.meaning, i.action) for n, i in XIDS.items()}
