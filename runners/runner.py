@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import select
@@ -271,10 +272,16 @@ class Runner:
 
     def _stream(self, task: Generate, ctx: _Context) -> bool:
         """Stream ``task``'s chunks; False if it was cancelled between tokens."""
+        start = len(task.resume_from)
+        if start and not self.engine.supports_resume:
+            # Resume falls back to replay: start over; the supervisor compares the
+            # indexes its host already has and sends none of them twice.
+            task = dataclasses.replace(task, resume_from=())
+            start = 0
         tokens: Iterator[str] = self.chaos.wrap(task, self.engine.generate(task, ctx))
         tid = task.task_id
         cut = not self.engine.cancels_in_step
-        for index, text in enumerate(tokens):
+        for index, text in enumerate(tokens, start):
             if cut and self.check_inbox(tid):
                 return False
             self.emit(ChunkGenerated(tid, index, text))

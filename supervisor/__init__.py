@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         GroupRestarting,
         RunnerRestarting,
         SupervisorGaveUp,
+        TaskRecovered,
     )
     from supervisor.restart.group import RestartGroup
     from supervisor.restart.policy import RestartPolicy, RestartTracker
@@ -45,6 +46,7 @@ _LAZY = {
     "RestartTracker": "supervisor.restart.policy",
     "RunnerRestarting": "supervisor.restart.events",
     "SupervisorGaveUp": "supervisor.restart.events",
+    "TaskRecovered": "supervisor.restart.events",
     "GroupRestarting": "supervisor.restart.events",
     "GroupGaveUp": "supervisor.restart.events",
     "RestartGroup": "supervisor.restart.group",
@@ -90,6 +92,7 @@ __all__ = [
     "SupervisorError",
     "SupervisorGaveUp",
     "SupervisorMetrics",
+    "TaskRecovered",
     "UnknownGroupError",
     "UnknownRunnerError",
     "run_sd_notify",

@@ -12,6 +12,9 @@ from typing import Literal, TypeAlias
 
 # --------------------------------------------------------------------------- tasks
 
+#: What becomes of an acknowledged task whose runner dies (docs/recovery.md).
+Recovery: TypeAlias = Literal["fail", "replay", "resume"]
+
 
 @dataclass(frozen=True, slots=True)
 class BaseTask:
@@ -32,10 +35,18 @@ class Warmup(BaseTask):
 
 @dataclass(frozen=True, slots=True)
 class Generate(BaseTask):
-    """Ready -> Running -> Ready, streaming one ChunkGenerated per token."""
+    """Ready -> Running -> Ready, streaming one ChunkGenerated per token.
+
+    ``recovery``: what happens to it when its runner dies after acknowledging it
+    (None: the restart policy's ``task_recovery``; see docs/recovery.md).
+    ``resume_from``: set by the supervisor when it resumes the task on a new runner:
+    the texts the host already has, in index order; the engine continues from index
+    ``len(resume_from)`` (engines without ``supports_resume`` start over instead)."""
 
     prompt: str = ""
     max_tokens: int = 16
+    recovery: Recovery | None = None
+    resume_from: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +54,7 @@ class Embed(BaseTask):
     """Ready -> Running -> Ready, one EmbeddingGenerated per text (embedding engines)."""
 
     texts: tuple[str, ...] = ()
+    recovery: Recovery | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +287,7 @@ __all__ = [
     "LoadModel",
     "LoadProgress",
     "Probe",
+    "Recovery",
     "RunnerFailed",
     "RunnerIdle",
     "RunnerLoaded",

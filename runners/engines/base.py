@@ -50,6 +50,10 @@ class Engine:
     #: collective per token): the engine checks ``ctx.cancelled()`` itself and ends
     #: its stream; the runner does not cut the stream between tokens.
     cancels_in_step: bool = False
+    #: True when `generate` continues a `Generate` from ``len(task.resume_from)``
+    #: (yielding only the tokens after the ones the host already has); otherwise a
+    #: resumed task is replayed from its start (docs/recovery.md).
+    supports_resume: bool = False
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         self.options = dict(options)
@@ -61,7 +65,8 @@ class Engine:
         """Run one representative step. Runs in state WarmingUp."""
 
     def generate(self, task: Generate, ctx: EngineContext) -> Iterator[str]:
-        """Yield the text of each token of ``task``."""
+        """Yield the text of each token of ``task`` (from index ``len(task.resume_from)``
+        when the engine `supports_resume`)."""
         raise TaskError(f"engine {self.name!r} does not generate text")
 
     def run_task(self, task: BaseTask, ctx: EngineContext) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -35,6 +36,7 @@ class EchoEngine(Engine):
     """Echoes the prompt's words back, one word per token."""
 
     name = "echo"
+    supports_resume = True  # deterministic: token i depends on the prompt and i only
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         unknown = sorted(set(options) - set(_OPTIONS))
@@ -59,7 +61,8 @@ class EchoEngine(Engine):
 
     def generate(self, task: Generate, ctx: EngineContext) -> Iterator[str]:
         delay = self.token_delay
-        for token in echo_tokens(task.prompt, task.max_tokens):
+        tokens = echo_tokens(task.prompt, task.max_tokens)
+        for token in itertools.islice(tokens, len(task.resume_from), None):
             if delay:
                 time.sleep(delay)
             yield token

@@ -11,6 +11,7 @@ own event; hosts that do not know it still saw the last `RunnerFailed`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from supervisor.protocol import BaseEvent, RunnerFailed
 
@@ -76,10 +77,27 @@ class GroupGaveUp(BaseEvent):
     restarts: int
 
 
+@dataclass(frozen=True, slots=True)
+class TaskRecovered(BaseEvent):
+    """Task ``task_id`` outlived its runner and is handed to a later incarnation.
+
+    ``attempt``: which hand-over this is (2 for the first recovery). ``mode``:
+    ``"requeue"`` (no runner had acknowledged it: it starts afresh), ``"replay"`` (it
+    runs again from the start; indexes the host already has are compared, not sent
+    again) or ``"resume"`` (the runner continues from ``from_index``, the first index
+    the host lacks). Emitted once per hand-over, before the task's next events."""
+
+    task_id: str
+    attempt: int
+    mode: Literal["requeue", "replay", "resume"]
+    from_index: int = 0
+
+
 __all__ = [
     "RESTART_REASONS",
     "GroupGaveUp",
     "GroupRestarting",
     "RunnerRestarting",
     "SupervisorGaveUp",
+    "TaskRecovered",
 ]

@@ -1,15 +1,13 @@
-"""One incarnation of a restarted runner: its record, its run, and the host tasks handed to it.
+"""One incarnation of a restarted runner: its record and its run.
 
-Re-queueing (``policy.requeue_unacknowledged``) is decided here and only here:
-a host task handed over but not yet acknowledged when the incarnation failed (or
-was stopped with its group), with a new incarnation coming, has its ``Failed``
-held back, and the `start_task` call that handed it over takes it back and hands
-it to the next incarnation.
+Incarnations are executors: the host tasks handed to one are the ledger's
+(`supervisor.restart.ledger`), which decides at the incarnation's end what becomes
+of those it did not finish.
 
 An incarnation can be *retired* (a replacement took over: it takes no new task,
 drains and stops) and *stopped by the restart layer* (its group restarts, or its
-drain timed out): then the host tasks it leaves unfinished end ``Failed`` with
-``stop_cause`` as their error, whatever the runner called them.
+drain timed out): then the host tasks it leaves unfinished are recovered or end
+``Failed`` with ``stop_cause`` as their error, whatever the runner called them.
 """
 
 from __future__ import annotations
@@ -26,17 +24,15 @@ from supervisor.ops.phases import Phase, phase_of
 from supervisor.protocol import (
     READY_STATUSES,
     BaseEvent,
-    BaseTask,
     LoadModel,
     RunnerFailed,
-    Shutdown,
     TaskStatus,
     TaskStatusUpdated,
     Warmup,
 )
 from supervisor.restart.deathclock import ExitClock, detection_latency
 from supervisor.restart.launcher import Launched
-from supervisor.restart.policy import Decision, Replace, Restart, RestartTracker, Stop
+from supervisor.restart.policy import Decision, Replace, RestartTracker, Stop
 from supervisor.restart.recycle import RecycleCounter
 
 
@@ -45,16 +41,12 @@ class Incarnation:
 
     __slots__ = (
         "_clock",
-        "_requeued",
-        "_unacked",
         "decision",
         "failure",
-        "host_cancelled",
         "host_shutdown",
         "number",
         "ready_at",
         "recycle",
-        "requeues",
         "restart_reason",
         "retired",
         "runner_id",
@@ -64,13 +56,11 @@ class Incarnation:
         "sup",
     )
 
-    def __init__(self, number: int, runner_id: str, *, requeues: bool) -> None:
+    def __init__(self, number: int, runner_id: str) -> None:
         self.number = number
         self.runner_id = runner_id
         #: our own LoadModel and Warmup task ids for this incarnation
         self.startup_ids = (f"{runner_id}:load:{number}", f"{runner_id}:warmup:{number}")
-        #: the policy re-queues unacknowledged tasks
-        self.requeues = requeues
         self.sup: RunnerSupervisor | None = None
         self.failure: RunnerFailed | None = None
         #: the policy's one decision about what follows this incarnation
@@ -81,14 +71,10 @@ class Incarnation:
         #: every event of this incarnation went through
         self.settled = anyio.Event()
         self._clock: ExitClock | None = None
-        self._unacked: set[str] = set()  # handed over, no acknowledgement yet
-        self._requeued: set[str] = set()  # of those, the ones whose Failed was held back
         #: a replacement took over: no new tasks; it drains, then stops
         self.retired = False
         #: the restart layer stopped it with tasks in flight: their error
         self.stop_cause: str | None = None
-        #: tasks the host cancelled here (their Cancelled is theirs, never rewritten)
-        self.host_cancelled: set[str] = set()
         #: why the next incarnation starts (RunnerRestarting.reason); None: derived
         self.restart_reason: str | None = None
         self.recycle: RecycleCounter | None = None
@@ -108,6 +94,12 @@ class Incarnation:
             and not sup.finished
             and isinstance(sup.status, READY_STATUSES)
         )
+
+    @property
+    def ending(self) -> bool:
+        """It failed, or the restart layer is stopping it: a task status other than
+        Complete is now its end's, not the task's (the ledger decides at the end)."""
+        return self.failure is not None or self.stop_cause is not None
 
     @property
     def healthy(self) -> bool:
@@ -231,76 +223,6 @@ class Incarnation:
         )
         if self.sup is not None:
             self.sup.kill()
-
-    # ------------------------------------------------------------ host tasks
-    async def deliver(self, task: BaseTask) -> bool:
-        """Hand ``task`` over: True once acknowledged, False if the incarnation failed
-        first and the task is to be re-queued. Raises `RunnerFailedError` otherwise."""
-        sup = self.sup
-        assert sup is not None, "deliver only to an incarnation that takes tasks"
-        if isinstance(task, Shutdown):
-            self.host_shutdown = True
-        tid = task.task_id
-        self.handed_over(tid)
-        try:
-            await sup.start_task(task)
-        except RunnerFailedError:
-            if not self.requeues:
-                raise
-            await self.settled.wait()  # until every Failed of this incarnation was seen
-            if not self.take_requeued(tid):
-                raise
-            return False
-        finally:
-            self.acked(tid)  # acknowledged, failed or abandoned: a later Failed is final
-        return True
-
-    def handed_over(self, task_id: str) -> None:
-        """``task_id`` goes to this incarnation; its acknowledgement is awaited."""
-        self._unacked.add(task_id)
-
-    def acked(self, task_id: str) -> None:
-        """``task_id`` was acknowledged: the runner may have started it."""
-        self._unacked.discard(task_id)
-
-    def hold_back_failed(self, task_id: str) -> bool:
-        """The incarnation reports ``task_id`` Failed: True to re-queue it instead.
-
-        Only a task never acknowledged (the runner cannot have started it), after
-        the incarnation failed or was stopped by the restart layer, when the policy
-        re-queues and a new incarnation follows.
-        """
-        if (
-            self.requeues
-            and (self.failure is not None or self.stop_cause is not None)
-            and task_id in self._unacked
-            and isinstance(self.decision, (Restart, Replace))
-        ):
-            self._requeued.add(task_id)
-            return True
-        return False
-
-    def take_requeued(self, task_id: str) -> bool:
-        """True once if ``task_id``'s Failed was held back: the caller re-queues it."""
-        if task_id in self._requeued:
-            self._requeued.discard(task_id)
-            return True
-        return False
-
-    def final_status(self, event: TaskStatusUpdated) -> TaskStatusUpdated:
-        """A host task's terminal status as the host is told it: ``Failed`` with
-        ``stop_cause`` when the restart layer stopped the runner under it."""
-        if (
-            self.stop_cause is None
-            or event.status is TaskStatus.Complete
-            or event.task_id in self.host_cancelled
-        ):
-            return event
-        return TaskStatusUpdated(event.task_id, TaskStatus.Failed, self.stop_cause)
-
-    def owes(self, task_id: str) -> bool:
-        """``task_id``'s Failed was held back and nobody took it: the host got none."""
-        return task_id in self._requeued
 
 
 __all__ = ["Incarnation"]

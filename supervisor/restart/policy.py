@@ -13,6 +13,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
+from supervisor.protocol import Recovery
+
+RECOVERY_MODES: tuple[Recovery, ...] = ("fail", "replay", "resume")
 RestartMode: TypeAlias = Literal["never", "on-failure", "always"]
 RESTART_MODES: tuple[RestartMode, ...] = ("never", "on-failure", "always")
 #: RSS must read above ``max_rss`` this many poll samples in a row before a recycle,
@@ -43,7 +46,10 @@ class RestartPolicy:
 
     ``requeue_unacknowledged``: tasks handed to an incarnation that died before
     acknowledging them are sent again to the next one (opt-in: at-least-once for
-    those). Acknowledged tasks in flight always fail (at-most-once).
+    those). ``task_recovery``: what becomes of acknowledged tasks in flight when their
+    runner dies: ``fail`` (at-most-once, the default), ``replay`` or ``resume``
+    (docs/recovery.md); ``max_task_attempts`` bounds how many runners one task may
+    be running on when they die before it is quarantined.
     ``ready_wait``: how long ``start_task`` waits for a Ready incarnation.
     ``prespawn``: once an incarnation is Ready, start the next runner process and
     keep it Idle, so that a restart skips interpreter start-up and imports (most
@@ -134,6 +140,22 @@ class RestartPolicy:
             "flight; then they fail and it is stopped"
         },
     )
+    task_recovery: Recovery = field(
+        default="fail",
+        metadata={
+            "help": "what becomes of a task in flight when its runner dies: fail "
+            "(at-most-once), replay (run it again on the next runner; what the client "
+            "already got is checked, not sent twice) or resume (the next runner continues "
+            "where the client's stream stopped); a task's own recovery field wins"
+        },
+    )
+    max_task_attempts: int = field(
+        default=3,
+        metadata={
+            "help": "a task that was running on this many runners that all died is "
+            "quarantined (fails) instead of being recovered again"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.mode not in RESTART_MODES:
@@ -168,6 +190,13 @@ class RestartPolicy:
             raise ValueError("RestartPolicy.max_rss must be > 0 bytes or None")
         if not (self.drain_timeout >= 0 and math.isfinite(self.drain_timeout)):
             raise ValueError("RestartPolicy.drain_timeout must be a finite number >= 0")
+        if self.task_recovery not in RECOVERY_MODES:
+            raise ValueError(
+                f"RestartPolicy.task_recovery must be one of {RECOVERY_MODES}, "
+                f"got {self.task_recovery!r}"
+            )
+        if self.max_task_attempts < 1:
+            raise ValueError("RestartPolicy.max_task_attempts must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)

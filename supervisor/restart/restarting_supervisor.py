@@ -21,33 +21,40 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 import random
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import anyio
+import anyio.abc
 from anyio.streams.memory import MemoryObjectSendStream
 
 from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.core.done import DONE, Done
 from supervisor.core.host_stream import HostStream
 from supervisor.core.statemachine import Notifier
+from supervisor.core.tasks import validate_task
 from supervisor.errors import (
-    DuplicateTaskError,
+    RunnerFailedError,
     RunnerUnavailableError,
+    SupervisorClosedError,
 )
 from supervisor.logs.files import runner_log_held, runner_logger
 from supervisor.ops.observe import SupervisorObserver
 from supervisor.protocol import (
     BaseEvent,
     BaseTask,
+    ChunkGenerated,
     Detector,
+    EmbeddingGenerated,
     FailureReason,
     LoadModel,
     RunnerFailed,
     RunnerReady,
     RunnerStatusUpdated,
+    Shutdown,
     TaskAcknowledged,
     TaskStatus,
     TaskStatusUpdated,
@@ -56,6 +63,7 @@ from supervisor.protocol import (
 from supervisor.restart.events import RunnerRestarting, SupervisorGaveUp
 from supervisor.restart.incarnation import Incarnation
 from supervisor.restart.launcher import Launcher
+from supervisor.restart.ledger import Entry, Ledger, Stage
 from supervisor.restart.policy import (
     Decision,
     GiveUp,
@@ -74,15 +82,6 @@ if TYPE_CHECKING:
     from supervisor.restart.group import RestartGroup
 
 _S = RestartState
-
-
-class _Submission:
-    """A host task inside `start_task`: not yet acknowledged by any incarnation."""
-
-    __slots__ = ("cancelled",)
-
-    def __init__(self) -> None:
-        self.cancelled = False
 
 
 class RestartingSupervisor(RestartingView):
@@ -118,7 +117,15 @@ class RestartingSupervisor(RestartingView):
             spec=self.spec, config=self.config, runner_id=self.runner_id, changed=self._changed
         )
         self._roster = Roster(self.runner_id, changed=self._changed, wake=self._loop_wake)
-        self._submitted: dict[str, _Submission] = {}
+        #: every accepted host task until its one terminal status, across incarnations
+        self._ledger = Ledger(
+            self.runner_id,
+            default_recovery=self.policy.task_recovery,
+            max_task_attempts=self.policy.max_task_attempts,
+            requeue_unacknowledged=self.policy.requeue_unacknowledged,
+        )
+        #: why an incarnation refused a task outright (its `start_task` raises it)
+        self._refused: dict[str, BaseException] = {}
         self._last_failure: RunnerFailed | None = None
         self._restart_at: float | None = None
 
@@ -131,64 +138,89 @@ class RestartingSupervisor(RestartingView):
 
     # --------------------------------------------------------------- commands
     async def start_task(self, task: BaseTask, *, within: float | None = None) -> None:
-        """Hand ``task`` to the current incarnation; return once it is acknowledged.
+        """Accept ``task``; return once an incarnation has acknowledged it.
 
-        While the runner is starting, restarting or being replaced this waits for a
-        Ready incarnation, up to ``within`` seconds (default ``policy.ready_wait``),
-        then raises `RunnerUnavailableError` (also at once if the policy gave up);
-        `SupervisorClosedError` once shut down or stopped. Raises `RunnerFailedError`
-        if the incarnation fails before acknowledging the task, unless the policy
-        re-queues it: then it is handed to the next incarnation and this keeps waiting.
+        While the runner is starting, restarting or being replaced the task waits for
+        a Ready incarnation, up to ``within`` seconds (default ``policy.ready_wait``),
+        then this raises `RunnerUnavailableError` and the task was not accepted (also
+        at once if the policy gave up); `SupervisorClosedError` once shut down.
+        A task handed to an incarnation that ends before taking it waits for the
+        next one. From its first hand-over on the task is the ledger's: it gets
+        exactly one terminal status (with `RunnerFailedError` raised here if that
+        came before any acknowledgement), whatever incarnations run it.
 
-        `cancel_task` reaches the task while it waits here (for Ready, or re-queued):
-        it then ends with one ``Cancelled`` status and this returns normally.
+        A cancellation point: cancelled before any hand-over, the task is withdrawn;
+        after one, it stays accepted and still gets its terminal status.
+        `cancel_task` reaches the task wherever it waits: it then ends with one
+        ``Cancelled`` status and this returns normally.
         """
         if isinstance(task, (LoadModel, Warmup)):
             raise ValueError(
                 "RestartingSupervisor drives LoadModel and Warmup itself, for every incarnation"
             )
+        validate_task(task, self.config.max_task_bytes)
+        self._check_open()
         tid = task.task_id
-        if tid in self._submitted:
-            raise DuplicateTaskError(f"task id {tid!r} is already being submitted")
-        sub = self._submitted[tid] = _Submission()
+        entry = self._ledger.accept(task)
+        self._changed.notify()  # the dispatcher hands it over
         wait = self.policy.ready_wait if within is None else within
-        owed = False  # we held back this task's Failed and still owe the host an answer
-        inc: Incarnation | None = None
+        deadline = time.monotonic() + wait
         try:
-            while True:
-                inc = await self._wait_ready(wait, sub)
-                owed = False  # from here on, an incarnation or we answer for the task
-                if inc is None:
-                    await self._end_cancelled(tid)
-                    return
-                if await inc.deliver(task):
-                    return
-                owed = True
-                wait = self.policy.ready_wait
-                self._log.info("runner {}: re-queueing unacknowledged task {}", self.runner_id, tid)
-        except BaseException as exc:
-            if owed or (inc is not None and inc.owes(tid)):
-                error = f"runner failed; re-queued task not delivered ({exc})"
-                self._host.send_nowait(TaskStatusUpdated(tid, TaskStatus.Failed, error))
+            while not (entry.acked or entry.stage is Stage.DONE or tid in self._refused):
+                if entry.stage is Stage.WAITING:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        await self._waited_too_long(entry, wait)
+                    with anyio.move_on_after(remaining):
+                        await self._changed.wait()
+                else:  # with an incarnation: it acknowledges or ends soon
+                    await self._changed.wait()
+        except BaseException:
+            self._ledger.withdraw(tid)  # never handed over: not accepted
             raise
-        finally:
-            self._submitted.pop(tid, None)
+        refused = self._refused.pop(tid, None)
+        if refused is not None:
+            raise refused
+        if entry.acked or entry.status is TaskStatus.Cancelled:
+            return
+        if self._last_failure is not None and self._life.state is _S.RUNNING:
+            raise RunnerFailedError(self._last_failure)
+        raise self._closed_error()
+
+    async def _waited_too_long(self, entry: Entry, within: float) -> NoReturn:
+        tid = entry.task.task_id
+        error = RunnerUnavailableError(
+            f"runner {self.runner_id} not ready within {within:g}s "
+            f"(phase {self.phase}, restarts {self.restarts})",
+            self._last_failure,
+        )
+        if not self._ledger.withdraw(tid):
+            why = f"runner failed; the task was not handed over again ({error})"
+            failed = self._ledger.fail_one(tid, why)
+            if failed is not None:
+                await self._final(failed)
+        raise error
 
     def cancel_task(self, task_id: str) -> Done:
-        """Cancel ``task_id`` wherever it is: waiting for a Ready incarnation, re-queued
-        across a restart, in flight, or draining on a replaced incarnation. Never blocks."""
-        sub = self._submitted.get(task_id)
-        if sub is not None and not sub.cancelled:
-            sub.cancelled = True
+        """Cancel ``task_id`` wherever it is: waiting for a Ready incarnation, handed
+        back across a restart, in flight, or draining on a replaced incarnation.
+        Never blocks."""
+        cancelled = self._ledger.cancel(task_id)
+        if cancelled is not None:
+            self._final_nowait(cancelled)
             self._changed.notify()
         self._roster.cancel(task_id)
         return DONE
 
     def shutdown(self) -> Done:
         """Stop for good: no more restarts; the runner (and one being replaced) shuts
-        down gracefully."""
+        down gracefully. Tasks waiting for an incarnation end ``Failed``."""
         target = _S.CLOSED if self._life.state is _S.CREATED else _S.STOPPING
         if self._life.advance(target):
+            for failed in self._ledger.fail_waiting(
+                f"runner {self.runner_id} shut down before a runner took the task"
+            ):
+                self._final_nowait(failed)
             self._roster.shutdown()
             self._launcher.retire_spare()
             self._loop_wake.notify()
@@ -250,13 +282,24 @@ class RestartingSupervisor(RestartingView):
                 if self.policy.max_rss is not None:
                     interval = self.config.poll_interval
                     tg.start_soon(self._roster.watch_rss, interval, self._recycle, watcher)
+                dispatcher = anyio.CancelScope()
+                tg.start_soon(self._dispatch, tg, dispatcher)
                 try:
                     await self._incarnations()
                 finally:
                     watcher.cancel()
+                    dispatcher.cancel()
         finally:
             self._roster.tg = None
             self._restart_at = None
+            why = self.gave_up_reason
+            error = (
+                f"runner {self.runner_id} gave up ({why}) before the task could run again"
+                if why is not None or self._life.state is _S.GIVING_UP
+                else f"runner {self.runner_id} stopped before a runner took the task"
+            )
+            for failed in self._ledger.close(error):
+                self._final_nowait(failed)
             self._life.transition(_S.GAVE_UP if self._life.state is _S.GIVING_UP else _S.FINISHED)
             if self.group is not None:
                 self.group.member_changed()
@@ -293,6 +336,58 @@ class RestartingSupervisor(RestartingView):
             else:
                 return
 
+    async def _dispatch(self, tg: anyio.abc.TaskGroup, scope: anyio.CancelScope) -> None:
+        """Hand every waiting task to the current incarnation once it takes tasks:
+        new ones, and those an ended incarnation left (`Ledger.ended`)."""
+        with scope:
+            while True:
+                await self._changed.wait_until(self._can_hand_over)
+                inc = self._roster.current
+                assert inc is not None
+                for tid in self._ledger.waiting():
+                    if not inc.takes_tasks:
+                        break
+                    await self.hand_over(inc, tid, tg)
+
+    def _can_hand_over(self) -> bool:
+        inc = self._roster.current
+        return self._ledger.has_waiting and inc is not None and inc.takes_tasks
+
+    async def hand_over(self, inc: Incarnation, task_id: str, tg: anyio.abc.TaskGroup) -> None:
+        """Give waiting task ``task_id`` to incarnation ``inc`` (which takes tasks): the
+        one hand-over verb, for new tasks and recovered ones alike. A `TaskRecovered`
+        goes out first when ``inc`` is not the task's first incarnation."""
+        task, recovered = self._ledger.hand_over(task_id, inc.number)
+        if recovered is not None:
+            self._log.info(
+                "runner {}: task {} {} on incarnation {} from index {}",
+                self.runner_id,
+                task_id,
+                recovered.mode,
+                inc.number,
+                recovered.from_index,
+            )
+            await self._host.send(recovered)
+        if isinstance(task, Shutdown):
+            inc.host_shutdown = True
+        tg.start_soon(self._deliver, inc, task)
+
+    async def _deliver(self, inc: Incarnation, task: BaseTask) -> None:
+        sup = inc.sup
+        assert sup is not None
+        tid = task.task_id
+        try:
+            await sup.start_task(task)
+        except (RunnerFailedError, SupervisorClosedError):
+            pass  # its incarnation's end decides (`Ledger.ended`)
+        except (TypeError, ValueError, pickle.PicklingError) as exc:
+            # refused outright (unpicklable, a duplicate id...): the caller hears why
+            self._refused[tid] = exc
+            failed = self._ledger.refuse(tid, inc.number, f"{type(exc).__name__}: {exc}")
+            if failed is not None:
+                await self._final(failed)
+        self._changed.notify()
+
     def _moves_on(self, inc: Incarnation) -> bool:
         """The loop goes on: ``inc`` ended, or its replacement starts now (prespawn)."""
         return inc.settled.is_set() or self._roster.hands_over(inc, self.policy.prespawn)
@@ -300,7 +395,7 @@ class RestartingSupervisor(RestartingView):
     def _start_incarnation(self) -> Incarnation:
         tg = self._roster.tg
         assert tg is not None
-        inc = self._roster.next(requeues=self.policy.requeue_unacknowledged)
+        inc = self._roster.next()
         counter = RecycleCounter(self.policy, self._rng)
         inc.recycle = counter if counter.active else None
         self._restart_at = None
@@ -374,6 +469,7 @@ class RestartingSupervisor(RestartingView):
             await inc.run(launched, functools.partial(self._on_event, inc))
         finally:
             self._roster.ended(inc)
+            await self._settle_tasks(inc)
             self._loop_wake.notify()
             self._changed.notify()
             if self.group is not None:
@@ -399,21 +495,61 @@ class RestartingSupervisor(RestartingView):
                 self._record_failure(inc, status)
             if inc is not self._roster.current and not isinstance(status, RunnerFailed):
                 return None  # a replaced incarnation no longer speaks for the runner id
+        elif isinstance(event, (ChunkGenerated, EmbeddingGenerated)):
+            out = self._ledger.output(inc.number, event)
+            if isinstance(out, TaskStatusUpdated):  # a replay diverged: stop it there
+                if inc.sup is not None:
+                    inc.sup.cancel_task(event.task_id)
+                for obs in self._observers:
+                    obs.on_task_finished(self.runner_id, out.status)
+            return out
         elif isinstance(event, TaskAcknowledged):
-            inc.acked(event.task_id)
-        elif isinstance(event, TaskStatusUpdated) and event.status.terminal:
-            tid = event.task_id
-            if event.status is TaskStatus.Failed and inc.hold_back_failed(tid):
-                return None
-            if tid in inc.startup_ids:
-                inc.startup_task_ended(event, stopping=self._life.state is not _S.RUNNING)
+            if event.task_id in inc.startup_ids:
                 return event
-            event = inc.final_status(event)
-            for obs in self._observers:
-                obs.on_task_finished(self.runner_id, event.status)
-            if inc.recycle is not None and inc.recycle.task_ended():
-                self._recycle(inc)
+            return event if self._ledger.acked(event.task_id, inc.number) else None
+        elif isinstance(event, TaskStatusUpdated):
+            if event.task_id in inc.startup_ids:
+                if event.status.terminal:
+                    stopping = self._life.state is not _S.RUNNING
+                    inc.startup_task_ended(event, stopping=stopping)
+                return event
+            out = self._ledger.status(inc.number, event, ending=inc.ending)
+            if out is not None and out.status.terminal:
+                for obs in self._observers:
+                    obs.on_task_finished(self.runner_id, out.status)
+                if inc.recycle is not None and inc.recycle.task_ended():
+                    self._recycle(inc)
+            return out
         return event
+
+    async def _settle_tasks(self, inc: Incarnation) -> None:
+        """``inc`` ended and every event of it went through: the ledger decides what
+        becomes of the tasks it held (fail, wait for the next incarnation, quarantine)."""
+        self._decide(inc)
+        decision = inc.decision
+        recover = self._life.state is _S.RUNNING and (
+            isinstance(decision, Restart)
+            # a replaced incarnation that died draining; not one whose drain timed out
+            or (isinstance(decision, Replace) and inc.stop_cause is None)
+        )
+        failure = inc.failure
+        why = "it was stopped" if failure is None else failure.error_message
+        for failed in self._ledger.ended(
+            inc.number, recover=recover, cause=inc.stop_cause, failure=why
+        ):
+            await self._final(failed)
+        self._changed.notify()
+
+    async def _final(self, event: TaskStatusUpdated) -> None:
+        """Send a terminal status the ledger decided (not the runner's own)."""
+        for obs in self._observers:
+            obs.on_task_finished(self.runner_id, event.status)
+        await self._host.send(event)
+
+    def _final_nowait(self, event: TaskStatusUpdated) -> None:
+        for obs in self._observers:
+            obs.on_task_finished(self.runner_id, event.status)
+        self._host.send_nowait(event)
 
     def _record_failure(self, inc: Incarnation, failure: RunnerFailed) -> None:
         inc.failure = failure
@@ -470,21 +606,10 @@ class RestartingSupervisor(RestartingView):
         self._changed.notify()
 
     # ------------------------------------------------------------- plumbing
-    async def _end_cancelled(self, task_id: str) -> None:
-        for obs in self._observers:
-            obs.on_task_finished(self.runner_id, TaskStatus.Cancelled)
-        await self._host.send(
-            TaskStatusUpdated(task_id, TaskStatus.Cancelled, "cancelled before a runner took it")
-        )
-
-    async def _wait_ready(
-        self, within: float, sub: _Submission | None = None
-    ) -> Incarnation | None:
-        """The Ready incarnation to hand a task to; None if ``sub`` was cancelled first."""
+    async def _wait_ready(self, within: float) -> Incarnation:
+        """The Ready incarnation, once there is one (a replacement waits for it)."""
         deadline = time.monotonic() + within
         while True:
-            if sub is not None and sub.cancelled:
-                return None
             self._check_open()
             inc = self._roster.current
             if inc is not None and inc.takes_tasks:

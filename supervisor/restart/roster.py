@@ -62,10 +62,10 @@ class Roster:
         return out
 
     # ------------------------------------------------------------- lifecycle
-    def next(self, *, requeues: bool) -> Incarnation:
+    def next(self) -> Incarnation:
         """A new current incarnation; the previous one, if still running, retires."""
         self._numbers += 1
-        inc = Incarnation(self._numbers, self.runner_id, requeues=requeues)
+        inc = Incarnation(self._numbers, self.runner_id)
         previous = self.current
         if previous is not None and not previous.settled.is_set():
             self.retiring.append(previous)
@@ -81,8 +81,6 @@ class Roster:
         for inc in self.live():
             sup = inc.sup
             if sup is not None and not sup.finished:
-                if task_id in sup.pending or task_id in sup.in_progress:
-                    inc.host_cancelled.add(task_id)
                 sup.cancel_task(task_id)
 
     def shutdown(self) -> None:

@@ -128,6 +128,8 @@ def _policy_other_value(f: dataclasses.Field[Any]) -> tuple[list[str], Any]:
         return [flag], not default
     if f.name == "mode":
         return [flag, "always"], "always"
+    if f.name == "task_recovery":
+        return [flag, "resume"], "resume"
     if f.name == "jitter":
         return [flag, "0.25"], 0.25  # a fraction
     if f.name == "max_tasks":
