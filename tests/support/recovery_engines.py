@@ -31,7 +31,8 @@ class FatalOnPromptEngine(EchoEngine):
 
 class PoisonEngine(EchoEngine):
     """Echo, except that a prompt starting with ``poison`` kills the runner (SIGKILL of
-    itself) after two tokens, on every runner that tries it."""
+    itself) two tokens into the stream, on every runner that tries it (when resumed:
+    two tokens after where it resumed)."""
 
     def generate(self, task: Generate, ctx: EngineContext) -> Iterator[str]:
         for index, token in enumerate(super().generate(task, ctx)):
