@@ -225,4 +225,6 @@ async def test_the_runners_exit_is_timed_on_the_cores_own_pidfd(containment: str
     (exited_at,) = exits
     assert exited_at is not None
     assert r.sup.failed_at is not None
-    assert killed_at <= exited_at <= r.sup.failed_at
+    assert killed_at <= exited_at
+    # The report may come first: the early death signal does not wait for the exit.
+    assert abs(exited_at - r.sup.failed_at) < 1.0
