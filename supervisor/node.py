@@ -296,16 +296,21 @@ class RunnerNode:
         return self._gpu
 
     def watch_gpus(
-        self, *, nvml_module: Any = None, interval: float | None = None
+        self,
+        *,
+        nvml_module: Any = None,
+        interval: float | None = None,
+        event_wait_ms: int | None = None,
     ) -> GpuWatcher | None:
         """Watch this node's GPUs through NVML (the ``gpu`` extra): one watcher for
         every runner, failing those on a GPU with an Xid critical error (reason
         ``gpu_fault``) or over their ``gpu_memory_limit``, and adding GPU memory, ECC
         and retired pages to health (docs/gpu.md). Returns None, after one log line,
         without the library or a GPU. Call before or while the node runs; it stops
-        once every runner has ended. ``nvml_module``: a stand-in for ``pynvml``."""
+        once every runner has ended. ``nvml_module``: a stand-in for ``pynvml``;
+        ``interval`` and ``event_wait_ms``: see `GpuWatcher`."""
         from supervisor.gpu.nvml import Nvml
-        from supervisor.gpu.watcher import SAMPLE_INTERVAL, GpuWatcher
+        from supervisor.gpu.watcher import EVENT_WAIT_MS, SAMPLE_INTERVAL, GpuWatcher
 
         if self._gpu is not None:
             return self._gpu
@@ -315,7 +320,8 @@ class RunnerNode:
         if nvml is None:
             return None
         every = SAMPLE_INTERVAL if interval is None else interval
-        self._gpu = GpuWatcher(nvml, lambda: self._runners, interval=every)
+        wait = EVENT_WAIT_MS if event_wait_ms is None else event_wait_ms
+        self._gpu = GpuWatcher(nvml, lambda: self._runners, interval=every, event_wait_ms=wait)
         if self._tg is not None:
             self._tg.start_soon(self._watch_gpus, self._gpu, name="GPU watcher")
         return self._gpu

@@ -21,7 +21,9 @@ newer one that replaced it in between.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 import anyio
@@ -109,6 +111,9 @@ class GpuWatcher:
         self.failed: list[FailRunner] = []
         #: indexes of the GPUs whose Xid events are watched (set once `run` started)
         self.registered: list[int] = []
+        #: NVML calls that failed (each retried), and when one was last logged
+        self.errors = 0
+        self._error_logged = -math.inf
         self._lost: set[str] = set()
         self._failed_last: dict[str, Incarnation] = {}  # runner id -> incarnation failed
         self._sampled = anyio.Event()  # set, and replaced, at every reading
@@ -146,7 +151,12 @@ class GpuWatcher:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Watch until cancelled; NVML is shut down on the way out."""
+        """Watch until cancelled; NVML is shut down on the way out.
+
+        Never raises for an NVML error or a bug of its own: GPU health is an extra
+        watch, and a broken one must not take the node's runners down with it. A
+        failing reading or wait is logged (once a minute at most) and tried again."""
+        started = False
         try:
             self.registered = registered = await anyio.to_thread.run_sync(self.nvml.watch_events)
             logger.info(
@@ -157,22 +167,41 @@ class GpuWatcher:
             async with anyio.create_task_group() as tg:
                 if registered:
                     tg.start_soon(self._wait_events)
-                await self._sample_once()
+                await self._guarded(self._sample_once)
                 task_status.started()
+                started = True
                 while True:
                     await anyio.sleep(self.interval)
-                    await self._sample_once()
+                    await self._guarded(self._sample_once)
+        except Exception as exc:  # noqa: BLE001 - see the docstring: log, stop watching
+            logger.opt(exception=exc).error("GPU watcher stopped; GPUs are not watched")
+            if not started:
+                task_status.started()
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.nvml.close)
 
+    async def _guarded(self, step: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await step()
+        except Exception as exc:  # noqa: BLE001 - one failed NVML call is retried next turn
+            self.errors += 1
+            now = time.monotonic()
+            if now - self._error_logged >= 60.0:
+                self._error_logged = now
+                logger.opt(exception=exc).error("GPU watcher: NVML call failed; retrying")
+            await anyio.sleep(min(1.0, self.interval))
+
     async def _wait_events(self) -> None:
-        while True:
+        async def once() -> None:
             # Not abandoned on cancel: the thread returns within event_wait_ms, and no
             # NVML call outlives the watcher.
             event = await anyio.to_thread.run_sync(self.nvml.wait_event, self.event_wait_ms)
             if event is not None:
                 await self.handle(event)
+
+        while True:
+            await self._guarded(once)
 
     async def handle(self, event: GpuEvent) -> None:
         """Act on one NVML event: read the GPUs again, fail whom it breaks."""

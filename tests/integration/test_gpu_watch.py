@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import anyio
 import pytest
@@ -151,3 +152,28 @@ def test_cli_gpu_memory_limit_needs_the_watcher(capsys: pytest.CaptureFixture[st
     assert main(["run", "--gpu-memory-limit", "8G", "hi"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["runner-supervisor: error: --gpu-memory-limit needs --watch-gpus"]
+
+
+class BrokenWait(FakeNvml):
+    """NVML whose event wait fails with an error the watcher does not know."""
+
+    def nvmlEventSetWait_v2(self, event_set: str, timeout_ms: int) -> SimpleNamespace:
+        self.waits += 1
+        raise self.NVMLError(999)
+
+
+async def test_a_failing_nvml_call_is_retried_and_never_touches_the_runners() -> None:
+    fake = BrokenWait(gpus=1)
+    async with running_node() as (node, rec):
+        watcher = node.watch_gpus(nvml_module=fake, interval=0.05, event_wait_ms=50)
+        assert watcher is not None
+        node.add_runner("r", RunnerSpec(engine="echo"))
+        await rec.wait_for(lambda: rec.ready_count("r") == 1, 60)
+        current = node["r"].current
+        assert current is not None
+        fake.put(0, await current.wait_runner_pid(), GIB)
+        with anyio.fail_after(20):
+            while watcher.errors < 2 or not node.health_snapshots()[0].gpu_memory:
+                await watcher.next_reading()  # the readings go on beside the broken wait
+        assert rec.failures("r") == []
+        assert node["r"].phase == "ready"
