@@ -61,3 +61,36 @@ def test_events_xid_double_bit_and_timeout() -> None:
     assert nvml.wait_event(100) == GpuEvent(1, "GPU-fake-1", "double_bit_ecc")
     nvml.close()
     nvml.close()  # once is enough
+
+
+def test_gpu_health_adds_the_watchers_fields_to_a_sources_snapshots() -> None:
+    from supervisor.gpu.decisions import RunnerGpu
+    from supervisor.gpu.watcher import GpuHealth, GpuWatcher
+    from supervisor.ops.observe import RunnerHealth
+
+    base = [
+        RunnerHealth("a", "ready", 1, 0, 10, 0.1, 1000, 0, 0),
+        RunnerHealth("b", "ready", 1, 0, 11, 0.1, 1000, 0, 0),
+    ]
+
+    observers: list[object] = []
+
+    class Source:
+        min_ready = 1
+
+        def health_snapshots(self) -> list[RunnerHealth]:
+            return base
+
+        def add_observer(self, observer: object) -> None:
+            observers.append(observer)
+
+    watcher = GpuWatcher(opened(FakeNvml(gpus=1)), dict)
+    watcher.placement = {"a": RunnerGpu(5, {10: 5}, ("GPU-fake-0",), 1, 0, 2, True)}
+    health = GpuHealth(Source(), watcher)
+    a, b = health.health_snapshots()
+    assert (a.gpu_memory, a.gpus, a.gpu_ecc_uncorrected) == (5, ("GPU-fake-0",), 1)
+    assert (a.gpu_retired_pages, a.gpu_retirement_pending) == (2, True)
+    assert b == base[1]  # on no GPU: untouched
+    assert health.min_ready == 1
+    health.add_observer("metrics")  # type: ignore[arg-type]
+    assert observers == ["metrics"]
