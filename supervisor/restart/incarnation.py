@@ -160,15 +160,19 @@ class Incarnation:
 
     # -------------------------------------------------------------------- run
     async def run(
-        self, launched: Launched, on_event: Callable[[BaseEvent], Awaitable[None]]
+        self,
+        launched: Launched,
+        on_event: Callable[[BaseEvent], Awaitable[None]],
+        try_forward: Callable[[BaseEvent], bool] = lambda event: False,
     ) -> None:
         """Drive the adopted runner to Ready and watch it until it is reaped; every
-        event it emits goes to ``on_event``, in order."""
+        event it emits goes, in order, to ``try_forward`` (a synchronous fast path that
+        says whether it took the event) and, when it did not, to ``on_event``."""
         sup = self.sup = launched.sup
         clock = self._clock = ExitClock()
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._pump, launched, on_event)
+                tg.start_soon(self._pump, launched, on_event, try_forward)
                 async with anyio.create_task_group() as side:
                     side.start_soon(clock.watch, sup)
                     side.start_soon(self._drive_startup, sup)
@@ -178,21 +182,27 @@ class Incarnation:
             self.settled.set()
 
     async def _pump(
-        self, launched: Launched, on_event: Callable[[BaseEvent], Awaitable[None]]
+        self,
+        launched: Launched,
+        on_event: Callable[[BaseEvent], Awaitable[None]],
+        try_forward: Callable[[BaseEvent], bool],
     ) -> None:
         recv = launched.recv
+        receive_nowait = recv.receive_nowait
         async with recv:
             async for event in recv:
-                await on_event(event)
+                if not try_forward(event):
+                    await on_event(event)
                 # Then what else is queued, without an event-loop turn per event: with
                 # many runners in one loop a turn is long, and one event per turn would
                 # cap the whole node's throughput.
                 while True:
                     try:
-                        event = recv.receive_nowait()
+                        event = receive_nowait()
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                    await on_event(event)
+                    if not try_forward(event):
+                        await on_event(event)
 
     async def _drive_startup(self, sup: RunnerSupervisor) -> None:
         load_id, warmup_id = self.startup_ids
