@@ -22,7 +22,6 @@ from typing import NoReturn
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
-from loguru import logger
 
 from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.core import verdict
@@ -42,6 +41,7 @@ from supervisor.core.statemachine import LIFE_TABLE, Life, Notifier, StateMachin
 from supervisor.core.tasks import RECENT_TASK_IDS as RECENT_TASK_IDS
 from supervisor.core.tasks import TaskBook, validate_task
 from supervisor.errors import RunnerFailedError, SupervisorClosedError
+from supervisor.logs.files import runner_logger
 from supervisor.logs.hook import fatal_message, output_hook
 from supervisor.protocol import (
     BaseEvent,
@@ -84,15 +84,16 @@ class RankSupervisor:
         self._proc = proc
         #: the kernel's OOM counters over this runner's life, read after a SIGKILL
         self._oom = OomWitness()
+        # read from shared memory only: the writer thread calls this too (under a keeper
+        # the runner's own pid comes later, so it is read per line)
+        pid = lambda: proc.shared.runner_pid or proc.process_pid  # noqa: E731
         # Lines bound to a runner reach its log file (and are fields of JSON logs).
-        # (No pid bound: under a keeper the runner's own pid comes later; the file reads it.)
-        self._log = logger.bind(runner_id=runner_id, incarnation=incarnation)
+        self._log = runner_logger(runner_id, incarnation=incarnation, pid=pid)
         self._output_hook = output_hook(
             config,
             runner_id,
             incarnation=incarnation,
-            # read from shared memory only: the writer thread calls this too
-            pid=lambda: proc.shared.runner_pid or proc.process_pid,
+            pid=pid,
             on_fatal=self._fatal_line,
         )
         if self._output_hook is not None:

@@ -35,7 +35,7 @@ from supervisor.logs.rotation import check_file_options
 from supervisor.logs.writer import BETWEEN_INCARNATIONS, LogWriter, RunnerLog, Stream
 
 if TYPE_CHECKING:
-    from loguru import Logger
+    from loguru import Logger, Record
 
     from supervisor.config import SupervisorConfig
 
@@ -88,10 +88,27 @@ def open_runner_log(
         )
 
 
-def runner_logger(runner_id: str) -> Logger:
-    """The logger for lines about a runner as a whole, not one incarnation (the restart
-    layer's "restart 1 in 0.5s"): under `runner_log_held` they reach its file."""
-    return logger.bind(runner_id=runner_id)
+def runner_logger(
+    runner_id: str, *, incarnation: int | None = None, pid: Callable[[], int] | None = None
+) -> Logger:
+    """The logger for lines about a runner: they reach its file (and are fields of JSON
+    logs). Without an incarnation, lines about the runner as a whole (the restart
+    layer's "restart 1 in 0.5s"), which reach the file under `runner_log_held`. With
+    ``pid``, each line is stamped with what it returns when the line is logged: the
+    ranks of a group share an incarnation, and each line names its own process."""
+    bound = (
+        logger.bind(runner_id=runner_id)
+        if incarnation is None
+        else logger.bind(runner_id=runner_id, incarnation=incarnation)
+    )
+    if pid is None:
+        return bound
+
+    def stamp(record: Record) -> None:
+        with contextlib.suppress(Exception):  # a log line must never raise
+            record["extra"]["pid"] = pid()
+
+    return bound.patch(stamp)
 
 
 @contextlib.contextmanager

@@ -194,6 +194,23 @@ async def test_after_a_prespawned_replace_each_line_carries_its_own_incarnations
     assert len({pid for _, pid in shut}) == len(shut), shut
 
 
+async def test_each_rank_of_a_group_stamps_its_own_lines_with_its_own_pid(
+    tmp_path: Path,
+) -> None:
+    """The ranks of a group share the runner's file and incarnation: a supervisor line
+    about one rank (its "shut down") names that rank's process, not the last one's."""
+    config = SupervisorConfig(log_dir=str(tmp_path), shutdown_grace=5.0)
+    async with supervised(RunnerSpec(engine="echo", world_size=2), config) as r:
+        await r.ready()
+        pids = [await rank.wait_runner_pid() for rank in r.sup.ranks]
+        r.sup.shutdown()
+        await r.finished()
+    assert await anyio.to_thread.run_sync(flush_log_files, 10.0)
+    rows = stamped_rows(log_path(tmp_path, r.sup.runner_id))
+    shut = sorted(int(row["pid"]) for row in rows if "shut down" in row["text"])
+    assert shut == sorted(pids), rows
+
+
 def stamped_rows(path: Path) -> list[dict[str, str]]:
     rows = []
     for raw in path.read_text().splitlines():
