@@ -16,7 +16,7 @@ from collections.abc import Callable
 from supervisor.logs.lines import encoded, parse_stamp
 from supervisor.logs.rotation import Rotation, compress, parse_rotation
 
-#: Bytes written with one system call (rotation by size is checked between them).
+#: Bytes written with one system call (rotation is checked between them).
 CHUNK_BYTES = 64 * 1024
 #: A file that cannot be opened is tried again after this many seconds, not per line.
 RETRY_OPEN = 1.0
@@ -64,18 +64,11 @@ class LogFile:
         lost = 0
         chunk: list[bytes] = []
         count = size = 0
-        limit = None if self._rotation is None else self._rotation.size
-        for i, line in enumerate(lines):
+        for line in lines:
             data = encoded(line)
             if size and size + len(data) > CHUNK_BYTES:
                 lost += self._put(b"".join(chunk), count)
                 chunk, count, size = [], 0, 0
-            if limit is not None and self._size + size and self._size + size + len(data) > limit:
-                lost += self._put(b"".join(chunk), count) if chunk else 0
-                chunk, count, size = [], 0, 0
-                self._rotate()
-                if self._fd is None:
-                    return lost + len(lines) - i  # no new file: this line and the rest
             chunk.append(data)
             count += 1
             size += len(data)
@@ -87,7 +80,7 @@ class LogFile:
         fd = self._fd
         if fd is None:
             return count
-        if self._due is not None and time.time() >= self._due:
+        if self._due_for_rotation(len(data)):
             self._rotate()
             if self._fd is None:
                 return count
@@ -176,6 +169,17 @@ class LogFile:
         self._close_fd()
 
     # --------------------------------------------------------------- rotation
+    def _due_for_rotation(self, incoming: int) -> bool:
+        """Checked per chunk, as loguru checks per message: a file passes its size by
+        at most one chunk, and one batch rotates a file at most once per chunk (a
+        follower, ``logs -f``, keeps up)."""
+        rotation = self._rotation
+        if rotation is None:
+            return False
+        if rotation.size is not None:
+            return self._size > 0 and self._size + incoming > rotation.size
+        return self._due is not None and time.time() >= self._due
+
     def _rotate(self) -> None:
         """The file gets its rotation time in its name (``NAME.<time>.log``), is packed
         if asked, the oldest beyond the retention count go, and a new file starts."""
