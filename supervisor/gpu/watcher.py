@@ -236,8 +236,14 @@ class GpuWatcher:
         self.devices = devices
         self._sampled.set()
         self._sampled = anyio.Event()
+        # Forget failures of incarnations no longer current (they hold their objects).
+        self._failed_last = {
+            rid: inc for rid, inc in self._failed_last.items() if targets.get(rid) is inc
+        }
         for dev in devices:
-            if dev.lost and dev.uuid not in self._lost:
+            if not dev.lost:
+                self._lost.discard(dev.uuid)  # back after a reset: a new loss counts again
+            elif dev.uuid not in self._lost:
                 # A lost GPU lists no processes: fail whom the reading before saw on it.
                 self._lost.add(dev.uuid)
                 self._act(on_event(GpuEvent(dev.index, dev.uuid, "gpu_lost"), before), targets)

@@ -117,6 +117,18 @@ async def test_a_lost_gpu_fails_the_runners_seen_on_it() -> None:
         [failure] = rec.failures("r")
         assert failure.reason == "gpu_fault"
         assert "lost" in failure.error_message
+        # The GPU comes back (a reset), the next incarnation uses it, and it is lost again.
+        await rec.wait_for(lambda: rec.ready_count("r") == 2, 60)
+        fake.gpus[0].lost = False
+        fake.gpus[0].processes.clear()
+        current = node["r"].current
+        assert current is not None
+        fake.put(0, await current.wait_runner_pid(), GIB)
+        with anyio.fail_after(10):
+            while not node.health_snapshots()[0].gpu_memory:
+                await watcher.next_reading()
+        fake.gpus[0].lost = True
+        await rec.wait_for(lambda: len(rec.failures("r")) == 2, 20)
 
 
 def test_without_a_library_or_a_gpu_the_watcher_is_inactive(
