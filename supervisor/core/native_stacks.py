@@ -63,6 +63,28 @@ async def dump_one(exe: str, pid: int) -> list[str]:
     return [head, *out[:MAX_LINES]]
 
 
+#: Dumps in flight, by pid: ptrace admits one tracer, and the ranks of a group that
+#: stall together each ask for every rank's stacks. A second asker awaits the first's.
+_inflight: dict[int, tuple[anyio.Event, list[list[str]]]] = {}
+
+
+async def dump_shared(exe: str, pid: int) -> list[str]:
+    """`dump_one`, or the result of the dump of ``pid`` already in flight."""
+    entry = _inflight.get(pid)
+    if entry is not None:
+        done, box = entry
+        await done.wait()
+        return box[0] if box else [f"native stacks of pid {pid} (py-spy dump --native): cut off"]
+    done, box = anyio.Event(), []
+    _inflight[pid] = (done, box)
+    try:
+        box.append(await dump_one(exe, pid))
+        return box[0]
+    finally:
+        del _inflight[pid]
+        done.set()
+
+
 async def dump_native_stacks(
     pids: Sequence[int], *, budget: float = BUDGET_S, exe: str | None = None
 ) -> list[str]:
@@ -76,7 +98,7 @@ async def dump_native_stacks(
     results: dict[int, list[str]] = {}
 
     async def one(pid: int) -> None:
-        results[pid] = await dump_one(exe, pid)
+        results[pid] = await dump_shared(exe, pid)
 
     with anyio.move_on_after(budget):
         async with anyio.create_task_group() as tg:

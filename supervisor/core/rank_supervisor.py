@@ -394,8 +394,24 @@ class RankSupervisor:
             self._cause = cause
             if self._scope is not None:
                 self._scope.cancel()
-            if self._on_end is not None:
-                self._on_end()
+            if not self._takes_stacks(cause):
+                self._tell_end()
+
+    def _takes_stacks(self, cause: EndCause) -> bool:
+        """Whether the end path reads the live runner's stacks before it reports."""
+        reason = cause.reason
+        return (
+            self.config.dump_stacks
+            and reason not in (None, "memory_limit")
+            and not (cause.frozen or self._proc.exitcode is not None)
+        )
+
+    def _tell_end(self) -> None:
+        """Tell the group (once) that this rank ends: it kills the other ranks. After
+        the stacks were read, when they are: the siblings' are read too."""
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end()
 
     async def _watch_dying(self) -> None:
         """The early death signal: a dying runner is reported before its memory is free."""
@@ -495,14 +511,16 @@ class RankSupervisor:
         notes: list[str] = []
         native: list[str] = []
         # (A stopped process (SIGSTOP) can neither run faulthandler nor be read by py-spy.)
-        if cfg.dump_stacks and not cause.frozen and cause.reason != "memory_limit":
+        if self._takes_stacks(cause):
             # Native frames first: faulthandler's signal moves the stack it interrupts.
             native = await self._native_stacks()
+            self._tell_end()
             # faulthandler in the runner prints every thread's stack on SIGUSR1.
             proc.signal_group(signal.SIGUSR1)
             # faulthandler writes from the signal handler at once; 0.15 s is slack.
             await proc.output.drain(0.15)
             notes.append(verdict.stack_dump_note(cause))
+        self._tell_end()  # (a no-op when told already)
         killed = proc.descendants()  # what dies with it: a tokenizer pool, a compile worker
         if killed:
             notes.append(verdict.descendants_note(killed))
@@ -526,6 +544,7 @@ class RankSupervisor:
 
     async def _end_exited_runner(self, cause: EndCause) -> None:
         proc, cfg = self._proc, self.config
+        self._tell_end()  # it died meanwhile: no stacks to wait for
         # Dying, with its status shown in /proc: no need to wait for its memory to go.
         early = self._dying.exitcode if proc.exitcode is None else None
         code = early if early is not None else await proc.wait_exit(1.0)

@@ -228,3 +228,20 @@ async def test_the_runners_exit_is_timed_on_the_cores_own_pidfd(containment: str
     assert killed_at <= exited_at
     # The report may come first: the early death signal does not wait for the exit.
     assert abs(exited_at - r.sup.failed_at) < 1.0
+
+
+@pytest.mark.skipif(native_stacks.py_spy() is None, reason="py-spy is not installed ([stacks])")
+async def test_a_wedged_rank_shows_its_siblings_native_stacks_too() -> None:
+    config = SupervisorConfig(decode_timeout=1.0, prefill_timeout=1.0)
+    spec = RunnerSpec(engine=WEDGE, world_size=2)
+    async with supervised(spec, config) as r:
+        await r.ready()
+        pids = list(r.sup.pids)
+        await r.sup.start_task(Generate(task_id="g", prompt="x", max_tokens=4))
+        failure = await _failure(r)
+    assert failure.reason == "stalled"
+    for pid in pids:  # read before the group killed any rank
+        head = f"native stacks of pid {pid} (py-spy dump --native):"
+        assert head in failure.diagnostics, (pid, failure.diagnostics)
+        native = failure.diagnostics[failure.diagnostics.index(head) :]
+        assert any(line.strip().startswith("pause (libc") for line in native)
