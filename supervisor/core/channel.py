@@ -9,7 +9,6 @@ costs one wake-up and one ``read`` per 256 KiB rather than one thread hop per ev
 
 from __future__ import annotations
 
-import asyncio
 import os
 import pickle
 from collections import deque
@@ -17,6 +16,7 @@ from typing import Any
 
 import anyio
 
+from supervisor.core.readable import ReadableWatch
 from supervisor.ipc.wire import HEADER, LARGE_HEADER, MAX_FRAME_BYTES, encode_frame, from_wire
 
 _READ_SIZE = 256 * 1024
@@ -113,71 +113,6 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-class _AsyncioReadable:
-    """Readability of one fd on asyncio, watched across waits.
-
-    ``anyio.wait_readable`` registers the fd with the loop's selector and unregisters it
-    on every wake-up: two ``epoll_ctl`` calls, a future and anyio's bookkeeping per
-    event, 18 µs of CPU per wake-up against 5 µs for a registration that stays (measured
-    on the development machine, docs/performance.md). At one event per wake-up (a
-    streaming runner) that is most of the host's cost. Here the fd stays registered
-    while someone waits on it each time it fires; when it fires with nobody waiting
-    (the reader is busy forwarding), it is unregistered until the next wait, so a
-    level-triggered fd never spins the loop.
-    """
-
-    __slots__ = ("_fd", "_loop", "_registered", "_waiter")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
-        self._loop = loop
-        self._fd = fd
-        self._registered = False
-        self._waiter: asyncio.Future[None] | None = None
-
-    def _fire(self) -> None:
-        waiter = self._waiter
-        if waiter is None:
-            self._loop.remove_reader(self._fd)
-            self._registered = False
-            return
-        self._waiter = None
-        if not waiter.done():
-            waiter.set_result(None)
-
-    async def wait(self) -> None:
-        if self._waiter is not None:
-            raise anyio.BusyResourceError("reading from")
-        if not self._registered:
-            self._loop.add_reader(self._fd, self._fire)
-            self._registered = True
-        waiter = self._waiter = self._loop.create_future()
-        try:
-            await waiter
-        finally:
-            if self._waiter is waiter:  # cancelled, or closed: no wake-up consumed it
-                self._waiter = None
-
-    def close(self) -> None:
-        """Before the fd is closed: unregister, and wake a waiter with ClosedResourceError."""
-        if self._registered:
-            self._registered = False
-            self._loop.remove_reader(self._fd)
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(anyio.ClosedResourceError())
-
-
-def _asyncio_readable(fd: int) -> _AsyncioReadable | None:
-    """A `_AsyncioReadable` when running in an asyncio task; None elsewhere (trio)."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-    if asyncio.current_task(loop) is None:  # e.g. trio as a guest of an asyncio loop
-        return None
-    return _AsyncioReadable(loop, fd)
-
-
 class ChannelReader:
     """The parent's read end of the runner's event pipe."""
 
@@ -192,9 +127,7 @@ class ChannelReader:
         # The last read found the pipe empty: the next `receive` waits before reading
         # (a read now would only say EAGAIN: a syscall and an exception per wake-up).
         self._drained = False
-        # How `receive` waits for the pipe: chosen on its first wait (None: not yet).
-        self._readable: _AsyncioReadable | None = None
-        self._backend_known = False
+        self._readable = ReadableWatch(fd)
 
     def fileno(self) -> int:
         return self._fd
@@ -236,7 +169,7 @@ class ChannelReader:
         while True:
             if self._drained:
                 self._drained = False
-                await self._wait_readable()
+                await self._readable.wait()
             messages = self.read_available()
             if messages or self.eof or self.closed:
                 return messages
@@ -244,21 +177,10 @@ class ChannelReader:
                 raise self.error
             self._drained = True
 
-    async def _wait_readable(self) -> None:
-        if not self._backend_known:
-            self._backend_known = True
-            self._readable = _asyncio_readable(self._fd)
-        if self._readable is not None:
-            await self._readable.wait()
-        else:
-            await anyio.wait_readable(self._fd)
-
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            if self._readable is not None:
-                self._readable.close()
-            anyio.notify_closing(self._fd)
+            self._readable.close()
             os.close(self._fd)
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 import anyio
 from loguru import logger
 
+from supervisor.core.readable import ReadableWatch
 from supervisor.logs.files import MAX_LINE_CHARS, TRUNCATED
 
 #: Longest line kept in the tail and forwarded to the host's log.
@@ -92,6 +93,7 @@ class OutputCapture:
     ) -> None:
         os.set_blocking(fd, False)
         self._fd = fd
+        self._readable = ReadableWatch(fd)
         self._runner_id = runner_id
         self._forward = forward
         self._log = logger.bind(runner_id=runner_id, runner_output=True)
@@ -148,7 +150,7 @@ class OutputCapture:
     async def pump(self) -> None:
         """Read until EOF. Runs in the supervisor's task group."""
         while not self.eof and not self.closed:
-            await anyio.wait_readable(self._fd)
+            await self._readable.wait()
             self.read_available()
 
     async def drain(self, within: float) -> None:
@@ -176,5 +178,5 @@ class OutputCapture:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            anyio.notify_closing(self._fd)
+            self._readable.close()
             os.close(self._fd)

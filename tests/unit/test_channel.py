@@ -11,6 +11,7 @@ import pytest
 
 from supervisor.core.channel import ChannelReader, FrameDecoder
 from supervisor.core.process import describe_exit
+from supervisor.core.readable import ReadableWatch
 from supervisor.ipc.wire import encode_frame
 from supervisor.protocol import (
     ChunkGenerated,
@@ -123,3 +124,26 @@ async def test_a_cancelled_receive_leaves_the_reader_usable(anyio_backend: str) 
 async def _write_later(fd: int, data: bytes) -> None:
     await anyio.sleep(0.01)
     os.write(fd, data)
+
+
+@pytest.mark.anyio
+async def test_a_watch_nobody_waits_on_lets_go_of_the_fd(anyio_backend: str) -> None:
+    # Readable and unread, with nobody waiting: a registration that stayed would make
+    # every loop turn fire it (level-triggered), so the first such firing drops it.
+    r, w = os.pipe()
+    watch = ReadableWatch(r)
+    try:
+        os.write(w, b"x")
+        with anyio.fail_after(10):
+            await watch.wait()
+        await anyio.sleep(0.05)
+        inner = watch._asyncio
+        assert (inner is None) == (anyio_backend == "trio")
+        if inner is not None:
+            assert not inner._registered
+        with anyio.fail_after(10):
+            await watch.wait()  # still readable: registered again, woken at once
+    finally:
+        watch.close()
+        os.close(r)
+        os.close(w)
