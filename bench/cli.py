@@ -41,6 +41,7 @@ BENCHMARKS = (
     "fleet",
     "loglines",
     "evidence",
+    "ranks",
 )
 #: Known to ``--only`` but not run by default: they need hardware a CI machine lacks.
 OPTIONAL = ("gpu",)

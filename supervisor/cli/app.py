@@ -144,7 +144,7 @@ COMMANDS: dict[str, RunCommand] = {"run": run_command}
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["logs"]:
-        from supervisor.logs.tail import logs_main
+        from supervisor.cli.logs_command import logs_main
 
         return logs_main(argv[1:], prog=f"{PROG} logs")
     parser = build_parser()

@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_arguments(run)
-    # Parsed by `supervisor.logs.tail.logs_main`; listed here so --help shows it.
+    # Parsed by `supervisor.cli.logs_command.logs_main`; listed here so --help shows it.
     logs = commands.add_parser(
         "logs",
         help="print (and with -f follow) a runner's log file written with --log-dir",

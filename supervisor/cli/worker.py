@@ -24,6 +24,11 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from loguru import logger
 
+from supervisor.cli.exits import EXIT_BROKEN_PIPE as EXIT_BROKEN_PIPE
+from supervisor.cli.exits import EXIT_OK as EXIT_OK
+from supervisor.cli.exits import EXIT_RUNNER_FAILED as EXIT_RUNNER_FAILED
+from supervisor.cli.exits import EXIT_TASK_FAILED as EXIT_TASK_FAILED
+from supervisor.cli.exits import EXIT_USAGE, signal_exit
 from supervisor.cli.inputs import InputError
 from supervisor.cli.output import Output
 from supervisor.config import RunnerSpec, SupervisorConfig
@@ -46,12 +51,9 @@ if TYPE_CHECKING:  # the health and gpu extras are optional
     from supervisor.ops.metrics import SupervisorMetrics
     from supervisor.ops.observe import HealthSource
 
-# Exit codes (documented in the CLI's --help epilog and docs/cli.md).
-EXIT_OK = 0
-EXIT_RUNNER_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_TASK_FAILED = 3
-EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+# Exit codes: one set for every subcommand (supervisor.cli.exits), a bad stdin line
+# being bad input like a bad flag.
+EXIT_BAD_INPUT = EXIT_USAGE
 #: Signals that stop the worker gracefully (exit 128 + the signal). SIGHUP and
 #: SIGQUIT too: a closed terminal or Ctrl-\ must not leave tasks without an answer.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -334,7 +336,7 @@ class WorkerRun:
         if self._runner_failed():
             return EXIT_RUNNER_FAILED
         if self.signal_received is not None:
-            return 128 + self.signal_received
+            return signal_exit(self.signal_received)
         if self.output.broken:
             return EXIT_BROKEN_PIPE
         if self.bad_input:

@@ -1,4 +1,5 @@
-"""``runner-supervisor logs RUNNER_ID``: print a runner's log file, and follow it.
+"""Print a runner's log file, and follow it (``runner-supervisor logs``: its command
+line is `supervisor.cli.logs_command`).
 
 Following works like ``tail -F`` (or ``supervisorctl tail -f``): when the file is
 rotated (renamed, a new one started), the rest of the old file is printed, then the
@@ -8,23 +9,21 @@ are printed too, unless they were compressed already.
 
 from __future__ import annotations
 
-import argparse
 import codecs
 import contextlib
 import glob
 import os
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import BinaryIO, TextIO
 
 from supervisor.logs.files import log_path
 
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-EXIT_BROKEN_PIPE = 141
 _BLOCK = 65536
+
+
+class NoLogError(LookupError):
+    """The runner has no log file in that directory (the message says why, in one line)."""
 
 
 def _last_lines_offset(f: BinaryIO, count: int) -> int:
@@ -83,20 +82,17 @@ def tail(
     lines: int | None = None,
     poll: float = 0.2,
     stop: Callable[[], bool] = lambda: False,
-    prog: str = "runner-supervisor logs",
-) -> int:
+) -> None:
     """Print ``runner_id``'s log file to ``out`` (its last ``lines`` lines, if given);
-    with ``follow``, keep printing what is appended until ``stop()`` or an interrupt."""
+    with ``follow``, keep printing what is appended until ``stop()`` or an interrupt.
+    `NoLogError` if there is none."""
     path = str(log_path(log_dir, runner_id))
     try:
         f: BinaryIO = open(path, "rb")  # noqa: SIM115 - reopened on rotation
     except OSError as exc:
         reason = "no such file" if isinstance(exc, FileNotFoundError) else exc.strerror
-        print(
-            f"{prog}: error: no log of runner {runner_id!r} in {log_dir} ({path}: {reason})",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        where = f"{log_dir} ({path}: {reason})"
+        raise NoLogError(f"no log of runner {runner_id!r} in {where}") from None
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def copy(src: BinaryIO) -> bool:
@@ -137,56 +133,6 @@ def tail(
         out.flush()
     finally:
         f.close()
-    return EXIT_OK
 
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Print a runner's log file (see run --log-dir), and with -f follow it "
-        "across rotations until Ctrl-C.",
-    )
-    parser.add_argument("runner_id", metavar="RUNNER_ID", help="the runner's id (--runner-id)")
-    parser.add_argument(
-        "--log-dir",
-        default=".",
-        metavar="DIR",
-        help="the directory given to run --log-dir (default: the current directory)",
-    )
-    parser.add_argument(
-        "-f", "--follow", action="store_true", help="keep printing lines as they are written"
-    )
-    parser.add_argument(
-        "-n",
-        "--lines",
-        type=_count,
-        metavar="N",
-        help="start with the last N lines (default: the whole current file)",
-    )
-    return parser
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
-
-
-def logs_main(argv: Sequence[str] | None = None, prog: str = "runner-supervisor logs") -> int:
-    """The ``logs`` subcommand: exit 0, 2 (bad usage, no such log), 130 (Ctrl-C while
-    following) or 141 (stdout closed, e.g. piped into head)."""
-    args = build_parser(prog).parse_args(argv)
-    try:
-        return tail(
-            args.runner_id, args.log_dir, args.follow, sys.stdout, lines=args.lines, prog=prog
-        )
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        # Python would complain again at exit, flushing the closed stdout.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
+__all__ = ["NoLogError", "tail"]

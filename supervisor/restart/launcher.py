@@ -9,7 +9,7 @@ that a restart skips interpreter start-up and imports.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import anyio
@@ -57,6 +57,12 @@ class Launcher:
     def spare_pid(self) -> int | None:
         spare = self._spare
         return None if spare is None or spare.done.is_set() else spare.sup.runner_pid
+
+    @property
+    def spare_pids(self) -> Sequence[int]:
+        """Every rank's pid of the spare, in rank order (empty without one)."""
+        spare = self._spare
+        return [] if spare is None or spare.done.is_set() else spare.sup.pids
 
     @asynccontextmanager
     async def open(self, spare_wanted: Callable[[], bool] | None) -> AsyncIterator[None]:

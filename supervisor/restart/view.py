@@ -61,6 +61,11 @@ class RestartingView:
         return self._launcher.spare_pid
 
     @property
+    def spare_pids(self) -> Sequence[int]:
+        """The spare's rank pids, in rank order (empty without one)."""
+        return self._launcher.spare_pids
+
+    @property
     def pid(self) -> int | None:
         sup = self.current
         return None if sup is None or sup.finished else sup.pid

@@ -24,7 +24,8 @@ really runs with (a default, or the flag it sets). The invariants, and why
 - ``--memory-limit`` is below the container's memory limit (we report the runner's
   growth with evidence before the kernel's OOM killer acts); GPUs are limits;
 - a LeaderWorkerSet recreates the whole group on a restart and its ranks do not
-  restart alone (``--restart never``).
+  restart alone (``--restart never``); each pod runs its node's ranks as one runner
+  (``--world-size``), one GPU per rank.
 
 The systemd unit beside them still parses as an INI file with the same stop bound.
 """
@@ -44,6 +45,7 @@ import pytest
 import yaml
 
 from supervisor.cli.app import build_parser, config_from_args, policy_from_args
+from supervisor.cli.args import spec_from_args
 from supervisor.config import SupervisorConfig
 from supervisor.ops.health import LOADING_RETRY_AFTER, HealthApp
 from supervisor.ops.observe import RunnerHealth
@@ -233,6 +235,11 @@ def test_workload_settings(path: Path) -> None:
             assert template["size"] >= 2, path.name
             for w in _workers(path):
                 assert w.policy.mode == "never", f"{w.where}: a rank must not restart alone"
+                # Each pod runs its node's ranks as one logical runner, a GPU per rank.
+                world_size = spec_from_args(w.args).world_size
+                assert world_size >= 2, f"{w.where}: no --world-size"
+                gpus = int(w.container["resources"]["limits"].get("nvidia.com/gpu", 0))
+                assert gpus == world_size, f"{w.where}: {gpus} GPUs for {world_size} ranks"
 
 
 class _Source:
