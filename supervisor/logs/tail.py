@@ -56,8 +56,9 @@ def _rotated(f: BinaryIO, path: str) -> bool:
     return now.st_ino != os.fstat(f.fileno()).st_ino
 
 
-def _rotated_after(path: str, inode: int) -> list[str]:
-    """Rotated files (not compressed) newer than the one with ``inode``, oldest first."""
+def _rotated_after(path: str, inode: int) -> list[tuple[str, int]]:
+    """Rotated files (not compressed) newer than the one with ``inode``, oldest first,
+    with their inodes."""
     stem = path[: -len(".log")]
     found = []
     for name in glob.glob(glob.escape(stem) + ".*.log"):
@@ -70,7 +71,7 @@ def _rotated_after(path: str, inode: int) -> list[str]:
     inodes = [ino for _, _, ino in found]
     if inode not in inodes:
         return []  # ours was compressed or pruned: nothing to place the others after
-    return [name for _, name, _ in found[inodes.index(inode) + 1 :]]
+    return [(name, ino) for _, name, ino in found[inodes.index(inode) + 1 :]]
 
 
 def tail(
@@ -112,17 +113,23 @@ def tail(
                 continue
             out.flush()
             if _rotated(f, path):
-                while copy(f):  # loguru closes a file before renaming it: this is its end
+                while copy(f):  # the writer closes a file before renaming it: this is its end
                     pass
-                for name in _rotated_after(path, os.fstat(f.fileno()).st_ino):
-                    with contextlib.suppress(FileNotFoundError), open(name, "rb") as between:
-                        while copy(between):
-                            pass
                 try:
                     new: BinaryIO = open(path, "rb")  # noqa: SIM115
                 except FileNotFoundError:
                     time.sleep(poll)  # between the rename and the new file
                     continue
+                # Opened first, listed second: a file rotated meanwhile is either
+                # between ours and the new one (printed now) or the new one itself
+                # (printed from `new`, and its successors at its own rotation).
+                upto = os.fstat(new.fileno()).st_ino
+                for name, ino in _rotated_after(path, os.fstat(f.fileno()).st_ino):
+                    if ino == upto:
+                        break
+                    with contextlib.suppress(FileNotFoundError), open(name, "rb") as between:
+                        while copy(between):
+                            pass
                 f.close()
                 f = new
                 continue

@@ -86,3 +86,35 @@ def test_follow_prints_every_line_once_across_rotations(tmp_path: Path) -> None:
     assert len(rotated) >= 5  # it did rotate, several times
     texts = [line.split(" | ", 1)[1] for line in out.getvalue().splitlines()]
     assert texts == ["first"] + [f"line {i:03d} " + "z" * 40 for i in range(200)]
+
+
+def test_follow_keeps_up_with_many_rotations_between_polls(tmp_path: Path) -> None:
+    """A slow follower (one look every 50 ms) and a writer that rotates the file many
+    times meanwhile: every line once, in order."""
+    log = open_runner_log(tmp_path, "r1", incarnation=1, pid=1, rotation="1 KB", retention=1000)
+    log.write("output", "first")
+    assert flush_log_files()
+    out = io.StringIO()
+    stop = threading.Event()
+    follower = threading.Thread(
+        target=tail,
+        args=("r1", str(tmp_path), True, out),
+        kwargs={"poll": 0.05, "stop": stop.is_set},
+    )
+    follower.start()
+    try:
+        for i in range(600):
+            log.write("output", f"line {i:03d} " + "z" * 40)
+            if i % 15 == 0:
+                assert flush_log_files()  # one rotation per batch, several per poll
+        log.close()
+        assert flush_log_files()
+        deadline = time.monotonic() + 15
+        while "line 599" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        follower.join(5)
+    assert len(list(tmp_path.iterdir())) >= 20
+    texts = [line.split(" | ", 1)[1] for line in out.getvalue().splitlines()]
+    assert texts == ["first"] + [f"line {i:03d} " + "z" * 40 for i in range(600)]
