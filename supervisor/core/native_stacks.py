@@ -25,6 +25,11 @@ import anyio
 
 #: How long all dumps together may take (py-spy pauses the process while it reads).
 BUDGET_S = 1.0
+#: What a dump refused for want of ptrace rights says.
+PTRACE_DENIED = (
+    "permission denied: reading another process's stacks needs ptrace rights (root, "
+    "or CAP_SYS_PTRACE in a container: see docs/operations.md)"
+)
 #: Lines kept of one process's dump (a runner with many threads prints many).
 MAX_LINES = 200
 
@@ -59,6 +64,8 @@ async def dump_one(exe: str, pid: int) -> list[str]:
         # py-spy prints "Error: ..." and then, at times, a backtrace of its own
         errors = [line for line in why if line.startswith("Error")] or why
         reason = errors[0] if errors else f"exit status {done.returncode}"
+        if reason.lower().startswith("permission denied"):
+            reason = PTRACE_DENIED  # (py-spy's own advice is to rerun it with sudo)
         return [f"{head} failed: {reason}"]
     return [head, *out[:MAX_LINES]]
 
@@ -113,4 +120,4 @@ async def dump_native_stacks(
     return lines
 
 
-__all__ = ["BUDGET_S", "dump_native_stacks", "dump_one", "py_spy"]
+__all__ = ["BUDGET_S", "PTRACE_DENIED", "dump_native_stacks", "dump_one", "dump_shared", "py_spy"]

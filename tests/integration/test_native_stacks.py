@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,12 +26,20 @@ def _script(tmp_path: Path, body: str) -> str:
 
 
 async def test_a_failing_dump_says_why(tmp_path: Path) -> None:
-    exe = _script(tmp_path, 'echo "Permission denied (os error 13)" >&2; exit 1')
+    # py-spy's error, then a backtrace of its own: the error is what is kept
+    said = "Error: Failed to get process executable name. Check that the process is running."
+    exe = _script(tmp_path, f'echo "{said}" >&2; echo "   9: main" >&2; exit 1')
     lines = await native_stacks.dump_native_stacks([os.getpid()], exe=exe)
-    assert lines == [
-        f"native stacks of pid {os.getpid()} (py-spy dump --native): failed: "
-        "Permission denied (os error 13)"
-    ]
+    assert lines == [f"native stacks of pid {os.getpid()} (py-spy dump --native): failed: {said}"]
+
+
+async def test_a_dump_without_ptrace_rights_says_what_it_needs(tmp_path: Path) -> None:
+    # py-spy's words when ptrace is refused (a container without CAP_SYS_PTRACE)
+    said = "Permission Denied: Try running again with elevated permissions by going 'sudo'"
+    exe = _script(tmp_path, f'echo "{said}" >&2; exit 1')
+    (line,) = await native_stacks.dump_native_stacks([os.getpid()], exe=exe)
+    assert line.endswith(f"failed: {native_stacks.PTRACE_DENIED}")
+    assert "CAP_SYS_PTRACE" in line
 
 
 async def test_a_dump_over_its_budget_is_cut_off_and_killed(tmp_path: Path) -> None:
@@ -66,3 +76,26 @@ async def test_a_real_dump_shows_a_c_frame() -> None:
             child.kill()
     assert lines[0] == f"native stacks of pid {child.pid} (py-spy dump --native):"
     assert any(line.strip().startswith("pause (libc") for line in lines), lines
+
+
+@pytest.mark.skipif(
+    native_stacks.py_spy() is None or os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs py-spy, root and setpriv (to run py-spy as another user)",
+)
+async def test_a_real_dump_refused_by_the_kernel_says_what_it_needs() -> None:
+    # py-spy as user nobody against our process: ptrace is refused, as in a container
+    # without CAP_SYS_PTRACE. (A copy in a directory nobody may enter.)
+    real = native_stacks.py_spy()
+    assert real is not None
+    with tempfile.TemporaryDirectory(prefix="py-spy-as-nobody-") as where:
+        os.chmod(where, 0o755)
+        copy = shutil.copy(real, os.path.join(where, "py-spy"))
+        os.chmod(copy, 0o755)
+        exe = _script(
+            Path(where), f'exec setpriv --reuid=65534 --regid=65534 --clear-groups {copy} "$@"'
+        )
+        (line,) = await native_stacks.dump_native_stacks([os.getpid()], exe=exe, budget=5.0)
+    assert line == (
+        f"native stacks of pid {os.getpid()} (py-spy dump --native): failed: "
+        f"{native_stacks.PTRACE_DENIED}"
+    )
