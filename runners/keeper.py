@@ -36,6 +36,7 @@ from runners.heartbeat import PR_SET_CHILD_SUBREAPER, die_with_parent, prctl
 from supervisor.ipc.proctree import descendants
 
 if TYPE_CHECKING:
+    from supervisor.ipc.shared import SharedState
     from supervisor.ipc.spawn_args import BootstrapArgs
 
 #: Signals the supervisor may aim at "the runner" before it knows the runner's pid.
@@ -79,7 +80,7 @@ def split(args: BootstrapArgs) -> None:
         if os.getppid() != keeper:  # the keeper died before PDEATHSIG was armed
             os._exit(EXIT_ORPHANED)
         return
-    _keep(runner, wake_r, wake_w, host_fd)
+    _keep(runner, wake_r, wake_w, host_fd, args.shared)
 
 
 def _note(signum: int, frame: object) -> None:
@@ -120,7 +121,9 @@ def _detach(keep: set[int]) -> None:
     os.closerange(low, resource.getrlimit(resource.RLIMIT_NOFILE)[1])  # close_range(2): cheap
 
 
-def _keep(runner: int, wake_r: int, wake_w: int, host_fd: int | None) -> NoReturn:
+def _keep(
+    runner: int, wake_r: int, wake_w: int, host_fd: int | None, shared: SharedState
+) -> NoReturn:
     parent = os.getppid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _detach({wake_r, wake_w} | ({host_fd} if host_fd is not None else set()))
@@ -140,6 +143,10 @@ def _keep(runner: int, wake_r: int, wake_w: int, host_fd: int | None) -> NoRetur
             if sig in FORWARDED:
                 _forward(runner, sig)
         status = _reap(runner)
+    if status is not None:
+        # The host reports the runner's end with this, without waiting for our exit
+        # (the tree walk and clean-up below, then our own exit).
+        shared.set_runner_status(status)
     status = _kill_tree(runner, status)
     if host_gone or status is None:
         os._exit(EXIT_ORPHANED)

@@ -205,6 +205,28 @@ class DeathWatch:
                 os.close(fd)
             stat.close()
 
+    def exitcode_now(self) -> int | None:
+        """The runner's exit code if the kernel or its keeper already tells it, without
+        waiting for its memory to go or its keeper to exit; None if neither does yet."""
+        if self.exitcode is not None:
+            return self.exitcode
+        proc = self._proc
+        status = proc.shared.runner_status  # its keeper reaped it
+        if status is not None:
+            return _exitcode(status)
+        runner = proc.runner_pid
+        if runner is None or runner == proc.process_pid:
+            return None  # no keeper: the process's own exit code comes as soon
+        stat = StatFile(runner)
+        found = stat.read()
+        stat.close()
+        # Exiting, or a zombie our keeper has not reaped yet: while its parent is our
+        # keeper, the pid cannot be a stranger's.
+        if found is None or found.ppid != proc.process_pid:
+            return None
+        dying = judge(found)
+        return None if dying is None else dying.exitcode
+
     @staticmethod
     async def _status(stat: StatFile, dying: Dying) -> int | None:
         """The exit status, once the kernel shows it (its main thread must run first)."""

@@ -129,6 +129,7 @@ class RankSupervisor:
             log=self._log,
         )
         self._dying = DeathWatch(proc)
+        self._reported_early = False  # the end was reported before the process was reaped
         self._watch = Detectors(
             proc,
             config,
@@ -496,8 +497,9 @@ class RankSupervisor:
         """After an early report: wait until the dying runner is reaped (its memory
         free), so that `run` returns, and a restart starts, only then."""
         proc = self._proc
-        if self._dying.dying_at is None or proc.exitcode is not None:
+        if not self._reported_early:
             return
+        proc.kill_group()  # what the runner started dies with it
         if await proc.wait_exit(_RELEASE_WITHIN) is None:
             self._log.warning(
                 "runner {}: still not reaped {:g}s after its end", self.runner_id, _RELEASE_WITHIN
@@ -546,7 +548,8 @@ class RankSupervisor:
         proc, cfg = self._proc, self.config
         self._tell_end()  # it died meanwhile: no stacks to wait for
         # Dying, with its status shown in /proc: no need to wait for its memory to go.
-        early = self._dying.exitcode if proc.exitcode is None else None
+        early = self._dying.exitcode_now() if proc.exitcode is None else None
+        self._reported_early = early is not None
         code = early if early is not None else await proc.wait_exit(1.0)
         stopped_by_us = False
         if code is None:
@@ -557,9 +560,13 @@ class RankSupervisor:
             if self._stop is Stop.ASKED:
                 self._ask_stop(Stop.FORCED)
             stopped_by_us = True
-        proc.kill_group()  # grandchildren in the runner's group die with it
-        # EOF comes only once a dying runner's memory is gone: take what is there.
-        await proc.output.drain(0.1 if early is None else 0.0)
+        if early is None:
+            proc.kill_group()  # grandchildren in the runner's group die with it
+            await proc.output.drain(0.1)
+        else:
+            # Dying: EOF comes only once its memory is gone, so take what is there; its
+            # tree is killed right after the report (the walk costs ms on a busy host).
+            await proc.output.drain(0.0)
         await self._relay.drain()
         self.exit_code = code
         if verdict.is_stop(code, self._relay.status, forced=self._stop is Stop.FORCED):

@@ -21,7 +21,9 @@ RUNNER_PID = 3  # the runner's pid, written once by the runner (under a keeper i
 # the process multiprocessing started); 0 until then
 SENTINEL = 4  # the pids of the runner's sentinels (see runners.deathwatch), 0 until started
 SENTINELS = 2
-_SLOTS = SENTINEL + SENTINELS
+RUNNER_STATUS = SENTINEL + SENTINELS  # the runner's wait status + 1, written by the keeper
+# when it reaps the runner (before it cleans the tree up and exits); 0 until then
+_SLOTS = RUNNER_STATUS + 1
 
 
 class SharedState:
@@ -53,6 +55,9 @@ class SharedState:
     def set_sentinel(self, slot: int, pid: int) -> None:
         self._array[SENTINEL + slot] = float(pid)
 
+    def set_runner_status(self, status: int) -> None:
+        self._array[RUNNER_STATUS] = float(status + 1)
+
     def extend_deadline(self, seconds: float) -> None:
         """Declare that the current step may take up to ``seconds`` without progress."""
         self._array[EXTEND_UNTIL] = time.monotonic() + seconds
@@ -75,6 +80,12 @@ class SharedState:
     def sentinels(self) -> tuple[int, ...]:
         """The sentinels' pids the runner published (0 for one not started yet)."""
         return tuple(int(self._array[SENTINEL + i]) for i in range(SENTINELS))
+
+    @property
+    def runner_status(self) -> int | None:
+        """The runner's wait status as its keeper reaped it; None before that."""
+        value = int(self._array[RUNNER_STATUS])
+        return value - 1 if value else None
 
     @property
     def last_tick(self) -> float:
