@@ -162,17 +162,30 @@ def test_a_blocked_writer_never_blocks_write_and_counts_drops(tmp_path: Path) ->
     # The disk comes back: what was queued is written, nothing else.
     fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     received: list[bytes] = []
+    flushed = threading.Event()
 
     def drain() -> None:
-        os.set_blocking(fd, True)
-        while chunk := os.read(fd, 65536):
-            received.append(chunk)
+        # A FIFO read before the writer thread has opened its end reads as EOF (b""), so
+        # EOF ends the drain only once the writer has flushed and closed the file.
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                chunk = None
+            if chunk:
+                received.append(chunk)
+            elif flushed.is_set() and chunk == b"":
+                return
+            else:
+                time.sleep(0.005)
 
     reader = threading.Thread(target=drain)
     reader.start()
     log.close()
     assert writer.flush(10.0)
+    flushed.set()
     reader.join(10.0)
+    assert not reader.is_alive()
     os.close(fd)
     numbers = [int(line.rsplit(" ", 1)[1]) for line in b"".join(received).decode().splitlines()]
     # every accepted line, once, in order (which ones depends on when the writer blocked)
