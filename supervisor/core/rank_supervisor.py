@@ -592,6 +592,7 @@ class RankSupervisor:
     async def _abandon(self) -> None:
         """The host cancelled `run` (or it broke): kill the runner, release everyone."""
         proc = self._proc
+        self._tell_end()  # cancelled while reading stacks: the group still hears of it
         proc.kill_group()
         self.exit_code = code = await proc.wait_exit(2.0)
         await self._relay.report_abandoned(verdict.abandoned(code))
