@@ -13,14 +13,13 @@ from multiprocessing.connection import Connection
 from runners.chaos import Chaos
 from runners.engines.base import Engine, TaskError
 from supervisor.ipc.shared import SharedState
-from supervisor.ipc.wire import encode_frame
+from supervisor.ipc.wire import encode_chunk, encode_frame
 from supervisor.protocol import (
     DEVICE_UNHEALTHY,
     BaseEvent,
     BaseRunnerStatus,
     BaseTask,
     CancelTask,
-    ChunkGenerated,
     Generate,
     LoadModel,
     LoadProgress,
@@ -107,10 +106,15 @@ class Runner:
 
     # -------------------------------------------------------------- messaging
     def emit(self, event: BaseEvent | TaskUndecodable) -> None:
-        data = memoryview(encode_frame(event))
+        self._write(encode_frame(event))
+
+    def _write(self, frame: bytes) -> None:
         fd = self._events_fd
-        while data:
-            data = data[os.write(fd, data) :]
+        written = os.write(fd, frame)
+        if written < len(frame):  # a full pipe took part of it: write the rest as it drains
+            data = memoryview(frame)[written:]
+            while data:
+                data = data[os.write(fd, data) :]
 
     def _set_status(self, status: BaseRunnerStatus) -> None:
         self.status = status
@@ -281,11 +285,13 @@ class Runner:
         tokens: Iterator[str] = self.chaos.wrap(task, self.engine.generate(task, ctx))
         tid = task.task_id
         cut = not self.engine.cancels_in_step
+        write = self._write
+        tick = self.shared.tick
         for index, text in enumerate(tokens, start):
             if cut and self.check_inbox(tid):
                 return False
-            self.emit(ChunkGenerated(tid, index, text))
-            self.shared.tick()
+            write(encode_chunk(tid, index, text))  # = emit(ChunkGenerated(...)), per token
+            tick()
         return not self.check_inbox(tid)
 
     def _shutdown(self, task: Shutdown) -> None:

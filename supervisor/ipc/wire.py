@@ -71,7 +71,16 @@ def from_wire(obj: Any) -> Any:
 
 def encode_frame(obj: object) -> bytes:
     """One ``multiprocessing.Connection``-compatible frame: length, then pickle."""
-    payload = pickle.dumps(to_wire(obj), protocol=_PROTOCOL)
+    return _frame(pickle.dumps(to_wire(obj), protocol=_PROTOCOL))
+
+
+def encode_chunk(task_id: str, index: int, text: str) -> bytes:
+    """``encode_frame(ChunkGenerated(task_id, index, text))``, without building the
+    event only to take it apart again: the runner's per-token path."""
+    return _frame(pickle.dumps((_CHUNK, task_id, index, text), protocol=_PROTOCOL))
+
+
+def _frame(payload: bytes) -> bytes:
     n = len(payload)
     if n > 0x7FFFFFFF:
         return HEADER.pack(-1) + LARGE_HEADER.pack(n) + payload

@@ -10,7 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from supervisor.core.channel import ChannelReader, FrameDecoder, FrameError
-from supervisor.ipc.wire import HEADER, LARGE_HEADER, encode_frame, from_wire, to_wire
+from supervisor.ipc.wire import (
+    HEADER,
+    LARGE_HEADER,
+    encode_chunk,
+    encode_frame,
+    from_wire,
+    to_wire,
+)
 from supervisor.protocol import (
     BaseEvent,
     ChunkGenerated,
@@ -166,3 +173,10 @@ async def test_a_corrupt_pipe_raises_once_then_reads_as_ended() -> None:
     finally:
         reader.close()
         os.close(w)
+
+
+@given(task_ids, st.integers(min_value=0, max_value=2**40), texts)
+def test_the_runners_chunk_frame_is_the_chunk_events_frame(
+    task_id: str, index: int, text: str
+) -> None:
+    assert encode_chunk(task_id, index, text) == encode_frame(ChunkGenerated(task_id, index, text))
