@@ -114,7 +114,7 @@ class RunnerSupervisor:
         made: list[RunnerSupervisor] = []  # the ranks' end hooks reach it once it exists
 
         def ending(rank: int) -> Callable[[], None]:
-            return lambda: made[0]._rank_ending(rank) if made else None
+            return lambda: made[0].rank_ending(rank) if made else None
 
         ranks: list[RankSupervisor] = []
         try:
@@ -364,7 +364,7 @@ class RunnerSupervisor:
         if self._group is not None and self._group.fanin.failure is None:
             self._group.fanin.stopping = True
 
-    def _rank_ending(self, rank: int) -> None:
+    def rank_ending(self, rank: int) -> None:
         """Rank ``rank`` started ending (called from its end path, synchronously): if
         nobody asked the group to stop, that is the group's end, and every other rank
         is killed now, not after the report (a collective waits on the dead rank)."""

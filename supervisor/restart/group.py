@@ -159,8 +159,8 @@ class RestartGroup:
         for name in names:
             other = self._members[name]
             if name != rid:
-                other._stop_for_group(cause)
-            other._poke()
+                other.stop_with_group(cause)
+            other.wake()
         self.changed.notify()
         return decision, own_reason
 
@@ -196,7 +196,7 @@ class RestartGroup:
         rid = member.runner_id
         await self.changed.wait_until(
             lambda: (
-                not member._running
+                not member.running
                 or self._gave_up is not None
                 or self._rounds.may_start(
                     rid,
@@ -209,7 +209,7 @@ class RestartGroup:
 
     def _live_numbers(self, name: str) -> list[int]:
         member = self._members.get(name)
-        return [] if member is None else member._live_numbers()
+        return [] if member is None else member.live_incarnations()
 
     def _ready_or_gone(self, name: str) -> bool:
         member = self._members.get(name)
@@ -232,10 +232,10 @@ class RestartGroup:
         if member is not None:
             names = affected(self.strategy, names, member.runner_id)
         for name in names:
-            self._members[name]._check_open()
+            self._members[name].check_open()
         started: dict[str, Replacement] = {}
         for name in names:
-            repl = self._members[name]._begin_replace(reason, drain_timeout)
+            repl = self._members[name].begin_replace(reason, drain_timeout)
             if repl is not None:
                 started[name] = repl
         if started:
@@ -249,7 +249,7 @@ class RestartGroup:
                 await repl.wait()
             else:  # it was (re)starting: that start is its replacement
                 member_ = self._members[name]
-                await member_._wait_ready(member_.policy.ready_wait)
+                await member_.wait_ready(member_.policy.ready_wait)
 
     async def recycle(self, member: RestartingSupervisor) -> None:
         """``member`` is due for recycling: replace it with those its strategy names."""

@@ -159,7 +159,7 @@ class RestartingSupervisor(RestartingView):
                 "RestartingSupervisor drives LoadModel and Warmup itself, for every incarnation"
             )
         validate_task(task, self.config.max_task_bytes)
-        self._check_open()
+        self.check_open()
         tid = task.task_id
         entry = self._ledger.accept(task)
         self._changed.notify()  # the dispatcher hands it over
@@ -573,14 +573,14 @@ class RestartingSupervisor(RestartingView):
 
     # ---------------------------------------------------- replacing, recycling
     async def _replace_alone(self, reason: str, drain_timeout: float | None) -> None:
-        self._check_open()
-        repl = self._begin_replace(reason, drain_timeout)
+        self.check_open()
+        repl = self.begin_replace(reason, drain_timeout)
         if repl is None:  # (re)starting: the incarnation on its way is the replacement
-            await self._wait_ready(self.policy.ready_wait)
+            await self.wait_ready(self.policy.ready_wait)
         else:
             await repl.wait()
 
-    def _begin_replace(self, reason: str, drain_timeout: float | None) -> Replacement | None:
+    def begin_replace(self, reason: str, drain_timeout: float | None) -> Replacement | None:
         """Start replacing the current incarnation (or join the replacement under way)."""
         if self._life.state is not _S.RUNNING:
             return None
@@ -599,25 +599,26 @@ class RestartingSupervisor(RestartingView):
         self._log.info("runner {}: recycling: {}", self.runner_id, inc.recycle.reason)
         tg = self._roster.tg
         if self.group is None:
-            self._begin_replace("recycle", None)
+            self.begin_replace("recycle", None)
         elif tg is not None:
             tg.start_soon(self.group.recycle, self)
 
-    # ------------------------------------------------------ for RestartGroup
-    def _stop_for_group(self, cause: str) -> None:
+    # ------------------------------------------- verbs its RestartGroup uses
+    def stop_with_group(self, cause: str) -> None:
         """End every live incarnation now (Shutdown, SIGKILL after ``stop_grace``); their
         unfinished host tasks fail with ``cause``."""
         self._roster.stop(cause, self.config.stop_grace)
 
-    def _poke(self) -> None:
+    def wake(self) -> None:
+        """Something this runner waits on changed elsewhere (its group decided)."""
         self._changed.notify()
 
     # ------------------------------------------------------------- plumbing
-    async def _wait_ready(self, within: float) -> Incarnation:
+    async def wait_ready(self, within: float) -> Incarnation:
         """The Ready incarnation, once there is one (a replacement waits for it)."""
         deadline = time.monotonic() + within
         while True:
-            self._check_open()
+            self.check_open()
             inc = self._roster.current
             if inc is not None and inc.takes_tasks:
                 return inc

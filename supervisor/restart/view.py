@@ -183,10 +183,12 @@ class RestartingView:
 
     # ------------------------------------------------ checks (for commands)
     @property
-    def _running(self) -> bool:
+    def running(self) -> bool:
+        """`run` is under way and no stop was asked for: incarnations come and go."""
         return self._life.state is RestartState.RUNNING
 
-    def _live_numbers(self) -> list[int]:
+    def live_incarnations(self) -> list[int]:
+        """Numbers of the incarnations whose process has not ended yet."""
         return self._roster.live_numbers()
 
     def _closed_error(self) -> SupervisorError:
@@ -197,7 +199,8 @@ class RestartingView:
             )
         return SupervisorClosedError(f"runner {self.runner_id} is {self.phase}; no new tasks")
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """Raise what a command is told when no task can be taken any more."""
         if self.gave_up or not self._life.state.takes_tasks:
             raise self._closed_error()
 
