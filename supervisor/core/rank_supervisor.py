@@ -172,7 +172,7 @@ class RankSupervisor:
             on_end=on_end,
         )
         # The runner reports its own pid once it runs: this is the process started.
-        logger.bind(runner_id=rid, incarnation=incarnation).info(
+        runner_logger(rid, incarnation=incarnation, pid=lambda: proc.process_pid).info(
             "spawned runner {} (process {}, containment {}, engine {})",
             rid,
             proc.process_pid,

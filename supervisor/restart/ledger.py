@@ -294,6 +294,16 @@ class Ledger:
             return None
         return self._finish(entry, event.status, event.error)
 
+    def is_next(self, number: int, event: ChunkGenerated) -> bool:
+        """``event`` is the chunk the host lacks next, from the incarnation that holds
+        its task: `output` would forward it as it is (the hot path asks first)."""
+        entry = self._open.get(event.task_id)
+        return (
+            entry is not None
+            and entry.executor == number
+            and (entry.mode == "fail" or event.index == entry.next_index)
+        )
+
     def output(self, number: int, event: ChunkGenerated | EmbeddingGenerated) -> BaseEvent | None:
         """One chunk (or embedding) from incarnation ``number``: the chunk to forward,
         None to drop it (the host has that index), or the task's ``Failed`` when a

@@ -466,7 +466,11 @@ class RestartingSupervisor(RestartingView):
                 return
             if self._life.state is not _S.RUNNING or inc.stop_cause is not None:
                 launched.sup.shutdown()
-            await inc.run(launched, functools.partial(self._on_event, inc), self._try_forward)
+            await inc.run(
+                launched,
+                functools.partial(self._on_event, inc),
+                functools.partial(self._try_forward, inc),
+            )
         finally:
             self._roster.ended(inc)
             await self._settle_tasks(inc)
@@ -475,12 +479,18 @@ class RestartingSupervisor(RestartingView):
             if self.group is not None:
                 self.group.member_changed()
 
-    def _try_forward(self, event: BaseEvent) -> bool:
-        """The hot path, one per token: a chunk changes nothing this layer keeps, so it
-        goes straight on, without a coroutine or a wake-up of everyone waiting on
-        `_changed` (which `_on_event` gives every other event). False: not taken (not a
-        chunk, or the host's bounded stream is full), `_on_event` does it."""
-        return type(event) is ChunkGenerated and self._host.try_send(event)
+    def _try_forward(self, inc: Incarnation, event: BaseEvent) -> bool:
+        """The hot path, one per token: a chunk the host lacks next goes straight on,
+        without a coroutine or a wake-up of everyone waiting on `_changed` (which
+        `_on_event` gives every other event); the ledger notes it delivered. False: not
+        taken (not a chunk, one a replay regenerates, or the host's bounded stream is
+        full): `_on_event` does it."""
+        if type(event) is not ChunkGenerated or not self._ledger.is_next(inc.number, event):
+            return False
+        if not self._host.try_send(event):
+            return False
+        self._ledger.output(inc.number, event)
+        return True
 
     async def _on_event(self, inc: Incarnation, event: BaseEvent) -> None:
         """Update our view from one incarnation event, then pass it on (or hold it back)."""
