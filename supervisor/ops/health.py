@@ -93,7 +93,9 @@ class HealthApp:
         snaps = self.source.health_snapshots()
         body = "".join(
             f"{printable(h.runner_id)} {h.phase}"
-            + (f" group={printable(h.group)}\n" if h.group else "\n")
+            + (f" group={printable(h.group)}" if h.group else "")
+            + (f" ranks={','.join(r.phase for r in h.ranks)}" if h.ranks else "")
+            + "\n"
             for h in snaps
         ).encode()
         if is_ready(snaps, min_ready_of(self.source)):

@@ -119,7 +119,31 @@ class _LiveCollector(Collector):
             "1 if a page retirement or row remapping on the runner's GPUs waits for a reset",
             labels=["runner_id"],
         )
+        rank_rss = GaugeMetricFamily(
+            f"{PREFIX}_rank_rss_bytes",
+            "Memory of one rank's process tree, for runners made of ranks (world_size > 1)",
+            labels=["runner_id", "rank"],
+        )
+        rank_heartbeat = GaugeMetricFamily(
+            f"{PREFIX}_rank_heartbeat_age_seconds",
+            "Seconds since one rank's heartbeat last changed (world_size > 1)",
+            labels=["runner_id", "rank"],
+        )
+        rank_phase = GaugeMetricFamily(
+            f"{PREFIX}_rank_phase",
+            "1 for one rank's current phase (world_size > 1)",
+            labels=["runner_id", "rank", "phase"],
+        )
         snaps = list(self._snapshots())
+        for h in snaps:
+            rid = printable(h.runner_id)
+            for r in h.ranks:
+                labels = [rid, str(r.rank)]
+                if r.rss is not None:
+                    rank_rss.add_metric(labels, float(r.rss))
+                if r.heartbeat_age is not None:
+                    rank_heartbeat.add_metric(labels, r.heartbeat_age)
+                rank_phase.add_metric([*labels, r.phase], 1.0)
         ready_ids = {h.runner_id for h in ready_runners(snaps)}
         groups: dict[str, bool] = {}
         for h in snaps:
@@ -153,6 +177,7 @@ class _LiveCollector(Collector):
             incarnation.add_metric([rid], float(h.incarnation))
         yield from (heartbeat, rss, descendants, containment, in_flight, phase, ready, incarnation)
         yield group_ready
+        yield from (rank_rss, rank_heartbeat, rank_phase)
         yield from (gpu_memory, gpu_ecc, gpu_retired, gpu_pending)
         yield CounterMetricFamily(
             f"{PREFIX}_log_lines_dropped",

@@ -15,6 +15,17 @@ from supervisor.protocol import RunnerFailed, TaskStatus
 
 
 @dataclass(frozen=True, slots=True)
+class RankHealth:
+    """One rank of a rank group (``RunnerSpec.world_size`` > 1), as cheaply as its runner."""
+
+    rank: int
+    pid: int | None
+    phase: Phase
+    heartbeat_age: float | None
+    rss: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class RunnerHealth:
     """A cheap snapshot of one supervised runner (no system calls to take it)."""
 
@@ -47,6 +58,8 @@ class RunnerHealth:
     gpu_retired_pages: int | None = None
     #: a retirement or remapping on those GPUs waits for a GPU reset
     gpu_retirement_pending: bool | None = None
+    #: each rank, in rank order, when the runner is a rank group (empty otherwise)
+    ranks: tuple[RankHealth, ...] = ()
 
 
 def ready_runners(snaps: Sequence[RunnerHealth]) -> list[RunnerHealth]:

@@ -14,8 +14,8 @@ from supervisor.core.detection.liveness import ResourceSample
 from supervisor.core.runner_supervisor import RunnerSupervisor
 from supervisor.core.statemachine import StateMachine
 from supervisor.errors import RunnerUnavailableError, SupervisorClosedError, SupervisorError
-from supervisor.ops.observe import RunnerHealth
-from supervisor.ops.phases import Phase
+from supervisor.ops.observe import RankHealth, RunnerHealth
+from supervisor.ops.phases import Phase, phase_of
 from supervisor.protocol import BaseRunnerStatus, BaseTask, RunnerFailed, RunnerIdle
 from supervisor.restart.launcher import Launcher
 from supervisor.restart.policy import GiveUp, RestartTracker
@@ -176,6 +176,23 @@ class RestartingView:
             group=None if self.group is None else self.group.group_id,
             containment=None if self.current is None else self.current.containment,
             descendants=None if rss is None else rss.descendants,
+            ranks=self._ranks_health(),
+        )
+
+    def _ranks_health(self) -> tuple[RankHealth, ...]:
+        """Each rank of a rank group: which one is behind, or growing."""
+        sup = self.current
+        if sup is None or sup.finished or len(sup.ranks) < 2:
+            return ()
+        return tuple(
+            RankHealth(
+                rank=k,
+                pid=rank.pid,
+                phase=phase_of(rank.status),
+                heartbeat_age=rank.heartbeat_age,
+                rss=None if (res := rank.resources) is None else res.rss,
+            )
+            for k, rank in enumerate(sup.ranks)
         )
 
     def health_snapshots(self) -> Sequence[RunnerHealth]:

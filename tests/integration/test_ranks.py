@@ -12,13 +12,15 @@ import signal
 import time
 
 import anyio
+import psutil
 import pytest
 
 from supervisor import RestartPolicy, RunnerSpec, SupervisorConfig
+from supervisor.ops.metrics import SupervisorMetrics
 from supervisor.protocol import Generate, TaskStatus
 from tests.support.harness import supervised
 from tests.support.leaks import running
-from tests.support.restart_harness import restarting
+from tests.support.restart_harness import restarting, running_node
 
 pytestmark = pytest.mark.anyio
 
@@ -103,8 +105,45 @@ async def test_a_restart_restarts_every_rank_on_a_new_port() -> None:
         assert environ(second[0])["MASTER_PORT"] != port
         await r.sup.start_task(Generate(task_id="g", prompt="after", max_tokens=3))
         await r.rec.wait_for(lambda: r.rec.terminal("g") == [TaskStatus.Complete])
+        # Health and metrics per rank: which one is behind, or growing.
+        health = r.sup.health()
+        assert [(h.rank, h.pid, h.phase) for h in health.ranks] == [
+            (0, second[0], "ready"),
+            (1, second[1], "ready"),
+        ]
+        metrics = SupervisorMetrics(r.sup).render().decode()
+        assert 'runner_supervisor_rank_phase{phase="ready",rank="1",runner_id="r1"} 1.0' in metrics
     (failure,) = r.rec.failures()
     assert "rank 1" in failure.error_message
+
+
+async def test_a_prespawned_spare_is_a_whole_group() -> None:
+    spec = RunnerSpec(engine="echo", world_size=2)
+    policy = RestartPolicy(mode="on-failure", backoff_base=0.0, prespawn=True)
+    async with restarting(spec, policy) as r:
+        await r.ready()
+        await r.rec.wait_for(lambda: len(r.sup.spare_pids) == 2, within=30)
+        spares = list(r.sup.spare_pids)
+        current = r.sup.current
+        assert current is not None
+        first = await rank_pids(current, 2)
+        os.kill(first[0], signal.SIGKILL)
+        await r.rec.wait_for(lambda: r.sup.incarnation == 2 and r.sup.ready, within=30)
+        # Every rank of the new incarnation is a rank of the spare, in rank order (the
+        # spare's pids were its keepers' until its runners reported their own).
+        adopted = [p if p in spares else psutil.Process(p).ppid() for p in r.sup.pids]
+        assert adopted == spares
+
+
+async def test_a_node_runs_a_rank_group() -> None:
+    async with running_node() as (node, rec):
+        node.add_runner("tp", RunnerSpec(engine="echo", world_size=2))
+        await rec.wait_for(lambda: node["tp"].ready, within=30)
+        await node.start_task("tp", Generate(task_id="g", prompt="a", max_tokens=2))
+        await rec.wait_for(lambda: rec.terminal("g") == [TaskStatus.Complete])
+        (snap,) = node.health_snapshots()
+        assert [h.rank for h in snap.ranks] == [0, 1]
+        assert len(set(node["tp"].pids)) == 2
 
 
 async def test_shutdown_stops_every_rank_without_a_failure() -> None:

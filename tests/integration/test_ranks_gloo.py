@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -82,3 +84,20 @@ async def test_a_killed_and_a_stopped_rank_each_restart_the_whole_group() -> Non
             await r.rec.wait_for(lambda ok=ok: r.rec.terminal(ok) == [TaskStatus.Complete], 60)  # type: ignore[misc]
         assert next(f.reason for f in r.rec.failures()) == "signalled"
         assert r.rec.failures()[1].reason in ("unresponsive", "stalled")
+
+
+def test_the_cli_prints_rank_zeros_tokens_once_and_exits_0() -> None:
+    from runners.engines.torchdist import VOCAB
+
+    cli = [sys.executable, "-m", "supervisor", "run", "--engine", "torchdist"]
+    done = subprocess.run(
+        [*cli, "--world-size", "2", "--max-tokens", "6", "a b"],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    words = done.stdout.split()
+    assert len(words) == 6, done.stdout  # one rank's tokens, not two
+    assert set(words) <= set(VOCAB)
