@@ -42,6 +42,7 @@ BENCHMARKS = (
     "loglines",
     "evidence",
     "ranks",
+    "recovery",
 )
 #: Known to ``--only`` but not run by default: they need hardware a CI machine lacks.
 OPTIONAL = ("gpu",)

@@ -93,7 +93,7 @@ async def test_sixty_generations_outlive_a_sigkill_every_250_ms(mode: Recovery) 
         max_restarts=10_000,
         crash_loop_threshold=10_000,
     )
-    spec = RunnerSpec(engine="echo", options={"token_delay": 0.002})
+    spec = RunnerSpec(engine="echo", options={"token_delay": 0.001})
     tasks = [
         Generate(task_id=f"g{i}", prompt=f"w{i} x{i} y{i} z{i} v{i}", max_tokens=40)
         for i in range(60)
