@@ -99,6 +99,7 @@ def run(mode: Mode) -> Section:
     mine, kernel, detectors, extra = run_async(mode, lambda: ours(reps))
     st = Stats.of(mine, "s")
     own = Stats.of([m - k for m, k in zip(mine, kernel, strict=True)], "s")
+    s.figures[gates.DEATH_OWN_SHARE_MEDIAN] = own.median
     s.figures[gates.DEATH_OWN_SHARE_P99] = own.tail
     s.add(
         Row(

@@ -289,8 +289,9 @@ def run(mode: Mode) -> Section:
         (lat, Stats.of(mine.latencies, "s"), Stats.of(base.latencies, "s"), "s"),
     ]
     (_, cpu_ours, cpu_base, _), (_, lat_ours, lat_base, _) = measures
-    s.figures[gates.STREAMING_CPU_VS_BARE] = cpu_ours.median / cpu_base.median
-    if not short["base"]:
+    if cpu_base.median > 0:  # CPU clocks tick coarsely: an idle baseline could read 0
+        s.figures[gates.STREAMING_CPU_VS_BARE] = cpu_ours.median / cpu_base.median
+    if not short["base"] and lat_base.median > 0:
         # A baseline that could not stream at the asked rate says the machine was
         # overloaded: both latencies are queueing then, and their ratio measures the load.
         s.figures[gates.STREAMING_LATENCY_VS_BARE] = lat_ours.median / lat_base.median
