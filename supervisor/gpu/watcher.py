@@ -44,7 +44,8 @@ from supervisor.gpu.decisions import (
 )
 from supervisor.gpu.nvml import Nvml
 from supervisor.ipc.proctree import descendants
-from supervisor.ops.observe import HealthSource, RunnerHealth, SupervisorObserver, min_ready_of
+from supervisor.ops.observe import HealthSource, RunnerHealth, SupervisorObserver
+from supervisor.ops.readiness import min_ready_of
 from supervisor.protocol import Detector, FailureReason
 
 #: Seconds between readings (pid memory, ECC, retired pages).

@@ -41,8 +41,9 @@ from loguru import logger
 
 from supervisor.ops.escape import printable
 from supervisor.ops.metrics import SupervisorMetrics
-from supervisor.ops.observe import HealthSource, RunnerHealth, is_ready, min_ready_of
+from supervisor.ops.observe import HealthSource, RunnerHealth
 from supervisor.ops.phases import NO_RETRY_PHASES, PERMANENT_PHASES, READY_PHASES
+from supervisor.ops.readiness import is_ready, min_ready_of
 
 #: Seconds a client gets to send a whole request (however slowly its bytes trickle
 #: in), and to idle between requests. A probe sends its request at once.

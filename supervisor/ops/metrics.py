@@ -36,8 +36,9 @@ from prometheus_client.registry import Collector
 
 from supervisor.logs.files import dropped_lines, reopened_log_files
 from supervisor.ops.escape import printable
-from supervisor.ops.observe import HealthSource, RunnerHealth, ready_runners
+from supervisor.ops.observe import HealthSource, RunnerHealth
 from supervisor.ops.phases import ALL_PHASES
+from supervisor.ops.readiness import ready_runners, source_ready
 from supervisor.protocol import RunnerFailed, TaskStatus
 
 PREFIX = "runner_supervisor"
@@ -85,7 +86,8 @@ class _LiveCollector(Collector):
         )
         ready = GaugeMetricFamily(
             f"{PREFIX}_ready",
-            "1 if the runner takes tasks (Ready or Running)",
+            "1 if the runner takes tasks (Ready or Running; a group member only while its "
+            "whole group does)",
             labels=["runner_id"],
         )
         incarnation = GaugeMetricFamily(
@@ -173,10 +175,16 @@ class _LiveCollector(Collector):
             in_flight.add_metric([rid, "in_progress"], float(h.in_progress))
             for name in ALL_PHASES:
                 phase.add_metric([rid, name], 1.0 if h.phase == name else 0.0)
-            ready.add_metric([rid], 1.0 if h.phase in ("ready", "running") else 0.0)
+            ready.add_metric([rid], 1.0 if h.runner_id in ready_ids else 0.0)
             incarnation.add_metric([rid], float(h.incarnation))
         yield from (heartbeat, rss, descendants, containment, in_flight, phase, ready, incarnation)
         yield group_ready
+        node_ready = GaugeMetricFamily(
+            f"{PREFIX}_node_ready",
+            "1 if what is served is ready, as /readyz and systemd READY=1 say (min_ready, groups)",
+        )
+        node_ready.add_metric([], 1.0 if all(source_ready(s) for s in self._sources) else 0.0)
+        yield node_ready
         yield from (rank_rss, rank_heartbeat, rank_phase)
         yield from (gpu_memory, gpu_ecc, gpu_retired, gpu_pending)
         yield CounterMetricFamily(

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from supervisor.ops.phases import READY_PHASES, Phase
+from supervisor.ops.phases import Phase
 from supervisor.protocol import RunnerFailed, TaskStatus
 
 
@@ -62,27 +62,11 @@ class RunnerHealth:
     ranks: tuple[RankHealth, ...] = ()
 
 
-def ready_runners(snaps: Sequence[RunnerHealth]) -> list[RunnerHealth]:
-    """The runners that take tasks, counting a group member only while every member
-    of its group does (a sharded model serves with all its ranks or not at all)."""
-    broken_groups = {h.group for h in snaps if h.group is not None and h.phase not in READY_PHASES}
-    return [h for h in snaps if h.phase in READY_PHASES and h.group not in broken_groups]
-
-
-def is_ready(snaps: Sequence[RunnerHealth], min_ready: int | None = None) -> bool:
-    """Readiness of a whole source: at least ``min_ready`` runners ready (None: all of
-    them, and at least one), groups counted by `ready_runners`."""
-    if not snaps:
-        return False
-    need = len(snaps) if min_ready is None else min_ready
-    return len(ready_runners(snaps)) >= need
-
-
 class HealthSource(Protocol):
     """Anything health endpoints and sd_notify can report on.
 
-    A source may also have a ``min_ready`` attribute (int or None, see `is_ready`):
-    `RunnerNode` does; readiness reads it when present.
+    A source may also have a ``min_ready`` attribute (int or None, see
+    `supervisor.ops.readiness`): `RunnerNode` does; readiness reads it when present.
     """
 
     def health_snapshots(self) -> Sequence[RunnerHealth]: ...
@@ -110,17 +94,8 @@ class SupervisorObserver(Protocol):
         warm-up tasks are not counted)."""
 
 
-def min_ready_of(source: object) -> int | None:
-    """The source's ``min_ready``, if it has one (None: every runner must be ready)."""
-    value = getattr(source, "min_ready", None)
-    return value if isinstance(value, int) else None
-
-
 __all__ = [
     "HealthSource",
     "RunnerHealth",
     "SupervisorObserver",
-    "is_ready",
-    "min_ready_of",
-    "ready_runners",
 ]

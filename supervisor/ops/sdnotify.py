@@ -22,7 +22,8 @@ from loguru import logger
 
 from supervisor.ops.escape import printable
 from supervisor.ops.observe import HealthSource
-from supervisor.ops.phases import PERMANENT_PHASES, READY_PHASES
+from supervisor.ops.phases import PERMANENT_PHASES
+from supervisor.ops.readiness import is_ready, min_ready_of
 
 
 def notify_address(env: Mapping[str, str] | None = None) -> str | None:
@@ -110,7 +111,8 @@ async def run_sd_notify(
 ) -> None:
     """Talk to systemd about ``source`` until cancelled; returns at once without NOTIFY_SOCKET.
 
-    READY=1 is sent once, the first time every runner is Ready or Running; STATUS=
+    READY=1 is sent once, the first time the source is ready (`supervisor.ops.readiness`:
+    ``min_ready`` and groups honoured, as ``/readyz`` does); STATUS=
     on every change (checked every ``check_interval`` s or at the watchdog pace,
     whichever is faster); WATCHDOG=1 every ``WATCHDOG_USEC/2`` s; STOPPING=1 when
     cancelled. Pings stop if every runner gave up: the unit is dead.
@@ -130,7 +132,7 @@ async def run_sd_notify(
             while True:
                 snaps = source.health_snapshots()
                 lines: list[str] = []
-                if not ready_sent and snaps and all(h.phase in READY_PHASES for h in snaps):
+                if not ready_sent and is_ready(snaps, min_ready_of(source)):
                     ready_sent = True
                     lines.append("READY=1")
                 status = describe(source)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from supervisor.ops.observe import RunnerHealth, is_ready, min_ready_of, ready_runners
+from supervisor.ops.observe import RunnerHealth
 from supervisor.ops.phases import Phase
+from supervisor.ops.readiness import is_ready, min_ready_of, ready_runners, source_ready
 
 
 def health(rid: str, phase: Phase, group: str | None = None) -> RunnerHealth:
@@ -40,3 +41,23 @@ def test_min_ready_is_read_from_the_source_when_it_has_one() -> None:
 
     assert min_ready_of(Node()) == 2
     assert min_ready_of(object()) is None
+
+
+def test_a_source_is_ready_as_readyz_sd_notify_and_metrics_all_ask() -> None:
+    class Node:
+        def __init__(self, min_ready: int | None) -> None:
+            self.min_ready = min_ready
+
+        def health_snapshots(self) -> list[RunnerHealth]:
+            return [
+                health("good", "ready"),
+                health("r0", "ready", "g"),
+                health("r1", "loading", "g"),
+            ]
+
+        def add_observer(self, observer: object) -> None:
+            pass
+
+    assert source_ready(Node(1))  # min_ready honoured
+    assert not source_ready(Node(2))  # a half-ready group does not count
+    assert not source_ready(Node(None))  # every runner
