@@ -29,8 +29,9 @@ _INFRA_MARKERS = ("resource_tracker", "forkserver", "semaphore_tracker")
 #: Idle worker threads the event loops keep for a while after a `to_thread` call.
 _LOOP_POOL_THREADS = ("AnyIO worker thread", "Trio thread")
 #: multiprocessing keeps one shared-memory arena and the resource tracker's pipe open
-#: for the life of the process; they are created once, not per supervisor.
-_INFRA_FD_MARKERS = ("/dev/shm", "pym-", "/tmp")
+#: for the life of the process; they are created once, not per supervisor. So is the
+#: host's one reader of the kernel log (supervisor.core.evidence.kmsg.kernel_log).
+_INFRA_FD_MARKERS = ("/dev/shm", "pym-", "/tmp", "/dev/kmsg")
 
 _PR_SET_CHILD_SUBREAPER = 36
 

@@ -121,3 +121,25 @@ async def test_the_kernel_log_is_read_only_after_a_counted_oom_kill(tmp_path: Pa
 def test_the_real_system_counter_is_readable_on_linux() -> None:
     if os.path.exists("/proc/vmstat"):
         assert memcg.system_oom_kills() is not None
+
+
+def test_the_kernel_log_is_read_from_its_start_on_only(tmp_path: Path) -> None:
+    ring = tmp_path / "kmsg"  # a file stands in: several records per read are parsed too
+    ring.write_text(MEMCG_LINE)  # before the reader started: not ours to find
+    log = kmsg.KernelLog(str(ring))
+    assert log.readable is None
+    log.start()
+    assert log.readable
+    assert log.oom_lines({4242}, since=0.0) == []
+    with ring.open("a") as f:
+        f.write("6,950,1378145600,-;eth0: link up\n" + SUMMARY + MEMCG_LINE)
+    assert log.oom_lines({4242}, since=1378.0) == [
+        SUMMARY.split(";", 1)[1].split("\n")[0],
+        MEMCG_LINE.split(";", 1)[1].rstrip("\n"),
+    ]
+    assert log.oom_lines({4242}, since=1379.0) == []  # kept, but before that time
+    assert log.oom_lines({7}, since=0.0) == []
+    log.close()
+    missing = kmsg.KernelLog(str(tmp_path / "absent"))
+    missing.start()
+    assert (missing.readable, missing.oom_lines({1}, 0.0)) == (False, None)

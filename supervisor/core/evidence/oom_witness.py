@@ -67,7 +67,7 @@ class OomWitness:
 
     def __init__(self, proc: str = memcg.PROC, kmsg_path: str = kmsg.KMSG) -> None:
         self._proc = proc
-        self._kmsg = kmsg_path
+        self._log = kmsg.kernel_log(kmsg_path)  # the host's one reader, from here on
         self.since = time.monotonic()
         self._system_base = memcg.system_oom_kills(proc)
         self._mounts: str | None = None
@@ -116,10 +116,12 @@ class OomWitness:
 
     def read_kernel_log(self, evidence: OomEvidence, pids: Collection[int]) -> OomEvidence:
         """``evidence`` with the kernel's OOM lines naming ``pids``. Blocking reads of
-        the whole ring (bounded): call it from a worker thread."""
-        records = kmsg.read_records(self._kmsg)
-        lines = kmsg.oom_lines(records, set(pids), self.since - _SLACK_S)
-        return replace(evidence, kernel_lines=tuple(lines), kmsg_readable=bool(records))
+        what the kernel logged since the last read (bounded): call it from a worker
+        thread."""
+        lines = self._log.oom_lines(set(pids), self.since - _SLACK_S)
+        if lines is None:
+            return replace(evidence, kmsg_readable=False)
+        return replace(evidence, kernel_lines=tuple(lines), kmsg_readable=True)
 
     async def after_sigkill(self, pids: Collection[int]) -> OomEvidence:
         """The kernel's word on a SIGKILL death of ``pids``. Without an OOM kill
