@@ -12,6 +12,8 @@ ContainmentMode = Literal["auto", "cgroup", "keeper", "group"]
 CONTAINMENT_MODES: tuple[str, ...] = get_args(ContainmentMode)
 #: Most rank processes one logical runner may have (one host's worth, with room).
 MAX_WORLD_SIZE = 256
+#: The runner beats every this share of `heartbeat_check_interval` unless told otherwise.
+HEARTBEAT_SHARE = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +97,12 @@ class SupervisorConfig:
     )
 
     # whole-process freeze (heartbeat thread in the runner)
-    heartbeat_interval: float = field(
-        default=0.1,
+    heartbeat_interval: float | None = field(
+        default=None,
         metadata={
-            "help": "seconds between beats of the runner's heartbeat thread "
-            "(must be shorter than `heartbeat_check_interval`)"
+            "help": "seconds between beats of the runner's heartbeat thread, shorter than "
+            "`heartbeat_check_interval` (default: 4/5 of it: every check sees a new beat, "
+            "and the thread wakes as seldom as that allows)"
         },
     )
     heartbeat_check_interval: float = field(
@@ -265,7 +268,7 @@ class SupervisorConfig:
     def __post_init__(self) -> None:
         positive = {
             "poll_interval": self.poll_interval,
-            "heartbeat_interval": self.heartbeat_interval,
+            "heartbeat_interval": self.beat_interval,
             "heartbeat_check_interval": self.heartbeat_check_interval,
             "load_timeout": self.load_timeout,
             "warmup_timeout": self.warmup_timeout,
@@ -291,7 +294,7 @@ class SupervisorConfig:
             raise ValueError("SupervisorConfig.heartbeat_stale_checks must be >= 1")
         if self.probe_failures < 1:
             raise ValueError("SupervisorConfig.probe_failures must be >= 1")
-        if self.heartbeat_interval >= self.heartbeat_check_interval:
+        if self.beat_interval >= self.heartbeat_check_interval:
             raise ValueError(
                 "SupervisorConfig.heartbeat_interval must be shorter than "
                 "heartbeat_check_interval, or every check would look stale"
@@ -326,6 +329,16 @@ class SupervisorConfig:
                 raise ValueError("SupervisorConfig.fatal_patterns must be a tuple of regexes")
             object.__setattr__(self, "fatal_patterns", tuple(self.fatal_patterns))
         fatal_matcher(self.fatal_patterns, self.default_fatal_patterns)
+
+    @property
+    def beat_interval(self) -> float:
+        """Seconds between the runner's heartbeats: `heartbeat_interval`, or 4/5 of
+        `heartbeat_check_interval`. Each beat wakes a thread in every runner, so no
+        more often than a check needs: one beat per check interval is what the check
+        reads, and the bound (`freeze_bound`) does not depend on it."""
+        if self.heartbeat_interval is not None:
+            return self.heartbeat_interval
+        return HEARTBEAT_SHARE * self.heartbeat_check_interval
 
     @property
     def freeze_bound(self) -> float:

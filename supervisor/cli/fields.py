@@ -206,7 +206,7 @@ class FlagSet(Generic[T]):
                 kwargs["choices"] = typing.get_args(hint)
             else:
                 if value_type is None:
-                    value_type = {float: SECONDS, int: COUNT}.get(hint)
+                    value_type = {float: SECONDS, float | None: SECONDS, int: COUNT}.get(hint)
                 if value_type is None:
                     raise RuntimeError(f"no flag type for {self.cls.__name__}.{f.name}: {hint!r}")
                 kwargs["type"], kwargs["metavar"] = value_type.parse, value_type.metavar

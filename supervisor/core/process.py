@@ -21,6 +21,7 @@ from supervisor.core.channel import ChannelReader, ChannelWriter
 from supervisor.core.containment import Layer, choose, remove_later, runner_cgroup
 from supervisor.core.diagnostics import OutputCapture
 from supervisor.core.exec_env import exec_environment
+from supervisor.core.tree_walk import TreeWalk
 from supervisor.core.treemem import TreeReader
 from supervisor.ipc import proctree
 from supervisor.ipc.shared import SharedState
@@ -83,6 +84,8 @@ class RunnerProcess:
         if containment == "group":
             self._runner_pid, self._runner_fd = pid, self._process_fd
         self.closed = False
+        #: the tree's /proc files kept open: walked at every poll
+        self._walk = TreeWalk()
         self.reader = TreeReader(
             lambda: self.pid, self._others, cgroup.memory if cgroup is not None else None
         )
@@ -121,7 +124,7 @@ class RunnerProcess:
             output=child_ends[2],
             shared=SharedState.create(ctx),
             chaos=config.chaos,
-            heartbeat_interval=config.heartbeat_interval,
+            heartbeat_interval=config.beat_interval,
             keeper=layer != "group",
             cgroup=str(cgroup.path) if cgroup is not None else None,
             host_pid=os.getpid(),
@@ -228,12 +231,13 @@ class RunnerProcess:
         return self.process_pid
 
     def _others(self) -> list[int]:
-        """The tree's live processes other than keeper and runner."""
-        skip = {self.process_pid, self._runner_pid}
+        """The tree's live processes other than keeper, runner and the runner's own
+        sentinels (tiny ``sleep``s that die with it: neither its memory nor news)."""
+        skip = {self.process_pid, self._runner_pid, *self.shared.sentinels()}
         if self.cgroup is not None:
             return [p for p in self.cgroup.pids() if p not in skip]
         root = self._root()
-        return [] if root is None else [p for p in proctree.descendants(root) if p not in skip]
+        return [] if root is None else [p for p in self._walk.descendants(root) if p not in skip]
 
     def descendants(self) -> list[tuple[int, str]]:
         """(pid, name) of what the runner started that still lives: for diagnostics,
@@ -321,6 +325,7 @@ class RunnerProcess:
         self.tasks.close()
         self.output.close()
         self.reader.close()
+        self._walk.close()
         for fd in {self._runner_fd, self._process_fd} - {None}:
             assert fd is not None
             anyio_notify_closing(fd)

@@ -24,12 +24,12 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from supervisor.config import RunnerSpec, SupervisorConfig
-from supervisor.core import verdict
+from supervisor.core import ticker, verdict
 from supervisor.core.detection import registry
 from supervisor.core.detection.interface import EndCause, Watched
 from supervisor.core.detection.liveness import ResourceSample
 from supervisor.core.detection.prober import Prober
-from supervisor.core.detection.watches import Detectors, sleep_on_grid
+from supervisor.core.detection.watches import Detectors
 from supervisor.core.done import DONE, Done
 from supervisor.core.dying import DeathWatch
 from supervisor.core.evidence import OomEvidence, OomWitness
@@ -457,9 +457,12 @@ class RankSupervisor:
         pid = await self._proc.wait_runner_pid()
         if pid is None:
             return
-        while True:
+
+        def note() -> bool:
             self._oom.note(pid)
-            await sleep_on_grid(self.config.poll_interval)
+            return False
+
+        await ticker.every(self.config.poll_interval, note)  # with the polls: no timer of its own
 
     async def _escalate_stop(self) -> None:
         await self._stop_changed.wait_until(lambda: self._stop is not Stop.NONE)

@@ -17,9 +17,11 @@ import anyio
 from loguru import logger
 
 from supervisor.config import SupervisorConfig
+from supervisor.core import ticker
 from supervisor.core.detection.interface import EndCause
 from supervisor.core.detection.liveness import (
     HeartbeatMonitor,
+    ProcessSample,
     ProgressMonitor,
     ResourceMeter,
     ResourceSample,
@@ -57,16 +59,6 @@ def phase_deadline(status: BaseRunnerStatus, decoding: bool, config: SupervisorC
             return "decode", config.decode_timeout
         return "prefill", config.prefill_timeout
     return None
-
-
-async def sleep_on_grid(interval: float) -> None:
-    """Sleep until the next multiple of ``interval`` on the monotonic clock.
-
-    Every supervisor in the loop then checks at the same instants, so a node of
-    64 runners wakes its event loop a few times a second instead of 64 times as
-    often: the periodic checks share one wake-up.
-    """
-    await anyio.sleep(interval - time.monotonic() % interval)
 
 
 class Phases(Protocol):
@@ -112,6 +104,7 @@ class Detectors:
             started_at=started_at,
         )
         self.resources: ResourceSample | None = None
+        self._busy_logged = False
 
     def heartbeat_age(self) -> float | None:
         """Seconds since the heartbeat last changed, as the heartbeat watch saw it."""
@@ -124,54 +117,59 @@ class Detectors:
 
     async def poll_alive(self) -> None:
         """Backstop for death, resource samples for metrics, and the memory limit."""
+        await ticker.every(self._config.poll_interval, self.poll_once)
+
+    def poll_once(self) -> bool:
+        """One poll (the node's ticker calls it on the grid); True once it ended the watch."""
+        if not self._proc.is_alive():
+            self._end(EndCause(detected_by="poll"))
+            return True
+        sample = self._meter.sample()
+        if sample is None:
+            return False
+        self.resources = sample
         limit = self._config.memory_limit
-        while True:
-            await sleep_on_grid(self._config.poll_interval)
-            if not self._proc.is_alive():
-                self._end(EndCause(detected_by="poll"))
-                return
-            sample = self._meter.sample()
-            if sample is None:
-                continue
-            self.resources = sample
-            if limit is not None and sample.rss > limit:
-                tree = f" and {sample.descendants} descendants" if sample.descendants else ""
-                message = (
-                    f"memory of the runner{tree} {sample.rss / 2**20:.0f} MiB exceeds "
-                    f"memory_limit {limit / 2**20:.0f} MiB"
-                )
-                self._end(EndCause(detected_by="poll", reason="memory_limit", message=message))
-                return
+        if limit is not None and sample.rss > limit:
+            tree = f" and {sample.descendants} descendants" if sample.descendants else ""
+            message = (
+                f"memory of the runner{tree} {sample.rss / 2**20:.0f} MiB exceeds "
+                f"memory_limit {limit / 2**20:.0f} MiB"
+            )
+            self._end(EndCause(detected_by="poll", reason="memory_limit", message=message))
+            return True
+        return False
 
     async def watch_heartbeat(self) -> None:
-        interval = self._config.heartbeat_check_interval
-        shared = self._proc.shared
+        await ticker.every(self._config.heartbeat_check_interval, self.check_heartbeat)
+
+    def check_heartbeat(self) -> bool:
+        """One heartbeat check (on the ticker's grid); True once it ended the watch."""
         monitor = self.heartbeat
-        ps = self._proc.reader
-        busy_logged = False
-        while True:
-            await sleep_on_grid(interval)
-            verdict = monitor.check(shared.heartbeat, time.monotonic(), lambda: sample_process(ps))
-            if verdict.verdict == "ok":
-                busy_logged = False
-            elif verdict.verdict == "busy" and not busy_logged:
-                busy_logged = True
-                self._log.warning("runner {}: {}", self._runner_id, verdict.message)
-            elif verdict.verdict == "dead":
-                self._end(EndCause(detected_by="heartbeat"))
-                return
-            elif verdict.verdict == "frozen":
-                sample = monitor.last_sample
-                frozen = sample is not None and is_stopped(sample)
-                self._end(
-                    EndCause(
-                        detected_by="heartbeat",
-                        reason="unresponsive",
-                        message=verdict.message,
-                        frozen=frozen,
-                    )
+        verdict = monitor.check(self._proc.shared.heartbeat, time.monotonic(), self._sample_process)
+        if verdict.verdict == "ok":
+            self._busy_logged = False
+        elif verdict.verdict == "busy" and not self._busy_logged:
+            self._busy_logged = True
+            self._log.warning("runner {}: {}", self._runner_id, verdict.message)
+        elif verdict.verdict == "dead":
+            self._end(EndCause(detected_by="heartbeat"))
+            return True
+        elif verdict.verdict == "frozen":
+            sample = monitor.last_sample
+            frozen = sample is not None and is_stopped(sample)
+            self._end(
+                EndCause(
+                    detected_by="heartbeat",
+                    reason="unresponsive",
+                    message=verdict.message,
+                    frozen=frozen,
                 )
-                return
+            )
+            return True
+        return False
+
+    def _sample_process(self) -> ProcessSample | None:
+        return sample_process(self._proc.reader)
 
     async def watch_progress(self) -> None:
         shared = self._proc.shared
@@ -199,4 +197,4 @@ class Detectors:
             return
 
 
-__all__ = ["Detectors", "Phase", "Phases", "phase_deadline", "sleep_on_grid"]
+__all__ = ["Detectors", "Phase", "Phases", "phase_deadline"]
