@@ -23,6 +23,8 @@ DEATH_OWN_SHARE_MEDIAN = "death.own_share_median"
 DEATH_OWN_SHARE_P99 = "death.own_share_p99"
 STREAMING_LATENCY_VS_BARE = "streaming.latency_vs_bare"
 STREAMING_CPU_VS_BARE = "streaming.cpu_per_event_vs_bare"
+SCALE_IDLE_VS_POLL = "scale.idle_host_cpu_vs_poll"
+SCALE_RUNNERS_CPU = "scale.runners_idle_cpu"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,21 @@ GATES: tuple[Gate, ...] = (
         what="64 x 500 tokens/s, host CPU per event, ours / bare readers",
         target="no worse than today",
     ),
+    Gate(
+        SCALE_IDLE_VS_POLL,
+        12.0,
+        above_fails=True,
+        what="64 idle runners, host CPU, ours / bare Popen.poll (medians)",
+        target="<= 2.5x",
+    ),
+    Gate(
+        SCALE_RUNNERS_CPU,
+        3.0,
+        above_fails=True,
+        what="64 idle runners, the runners' own CPU, % of a core (all together)",
+        target="<= 1%",
+        unit="%",
+    ),
 )
 
 
@@ -127,6 +144,8 @@ def failures(verdicts: Iterable[Verdict]) -> list[Verdict]:
 def _show(value: float, unit: str) -> str:
     if unit == "s":
         return f"{value * 1e3:.3g} ms"
+    if unit == "%":
+        return f"{value:.3g}% of a core"
     return f"{value:.3g}x"
 
 
