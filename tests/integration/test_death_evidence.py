@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from supervisor import RunnerSpec, RunnerSupervisor, SupervisorConfig
 from supervisor.core import native_stacks
 from supervisor.core.detection.watches import Detectors
 from supervisor.core.evidence import memcg
+from supervisor.ops.metrics import SupervisorMetrics
 from supervisor.protocol import (
     BaseEvent,
     Generate,
@@ -28,6 +30,7 @@ from supervisor.protocol import (
 )
 from tests.support import leaks
 from tests.support.harness import Running, supervised
+from tests.support.restart_harness import restarting
 
 pytestmark = pytest.mark.anyio
 
@@ -245,3 +248,26 @@ async def test_a_wedged_rank_shows_its_siblings_native_stacks_too() -> None:
         assert head in failure.diagnostics, (pid, failure.diagnostics)
         native = failure.diagnostics[failure.diagnostics.index(head) :]
         assert any(line.strip().startswith("pause (libc") for line in native)
+
+
+async def test_a_supervisor_bug_is_counted_as_one_not_as_a_runner_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def broken_watch(self: Detectors) -> None:
+        await anyio.sleep(0.3)
+        raise RuntimeError("injected supervisor bug")
+
+    monkeypatch.setattr(Detectors, "watch_heartbeat", broken_watch)
+    metrics = SupervisorMetrics()
+    async with restarting(observers=[metrics]) as r:
+        await r.rec.wait_for(lambda: bool(r.rec.failures()), within=20)
+        text = metrics.render().decode()
+    counted = re.search(
+        r'^runner_supervisor_failures_total\{detected_by="supervisor",'
+        r'reason="supervisor_error",runner_id="r1"\} (\d+)\.0$',
+        text,
+        re.M,
+    )
+    assert counted is not None, text
+    assert int(counted.group(1)) >= 1
+    assert 'reason="crashed"' not in text
