@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection
 
 import psutil
 
+from bench import gates
 from bench.common import Mode, fleet, progress, run_async
 from bench.report import Row, Section, Stats, fmt, ratio
 from supervisor import RunnerSpec
@@ -147,6 +148,7 @@ def run(mode: Mode) -> Section:
             )
         )
         s.add(Row(bench, "limit: the runner's pidfd readable (same kills)", "s", own))
+        s.figures[gates.DEATH_BIG_VS_PIDFD] = st.median / own.median  # the last is the biggest
         s.add(Row(bench, "limit: plain process, pidfd readable", "s", pidfd))
         s.add(Row(bench, "limit: plain process, its first thread gone", "s", first))
         s.notes.append(

@@ -21,6 +21,7 @@ FORWARDING_LOGGED_VS_RAW = "forwarding.logged_rate_vs_raw"
 FORWARDING_LATENCY_VS_RAW = "forwarding.latency_vs_raw"
 DEATH_OWN_SHARE_MEDIAN = "death.own_share_median"
 DEATH_OWN_SHARE_P99 = "death.own_share_p99"
+DEATH_BIG_VS_PIDFD = "death_memory.largest_vs_pidfd"
 STREAMING_LATENCY_VS_BARE = "streaming.latency_vs_bare"
 STREAMING_CPU_VS_BARE = "streaming.cpu_per_event_vs_bare"
 SCALE_IDLE_VS_POLL = "scale.idle_host_cpu_vs_poll"
@@ -89,6 +90,16 @@ GATES: tuple[Gate, ...] = (
         what="SIGKILL -> RunnerFailed, supervisor's own share (minus pidfd), p99",
         target="<= 1 ms",
         unit="s",
+    ),
+    # The early death signal: the biggest runner measured (4 GiB in --full, 0.25 GiB in
+    # --quick) is reported long before its memory is gone. Near 1x, it fell back to
+    # waiting for the pidfd (the sentinels stopped working).
+    Gate(
+        DEATH_BIG_VS_PIDFD,
+        0.5,
+        above_fails=True,
+        what="SIGKILL -> RunnerFailed, biggest runner, ours / its pidfd (medians)",
+        target="<= 0.05x (4 GiB: p99 <= 20 ms)",
     ),
     Gate(
         STREAMING_LATENCY_VS_BARE,
