@@ -4,6 +4,7 @@ before its memory is torn down; its memory's release is reported separately."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import time
 
@@ -11,10 +12,11 @@ import anyio
 import psutil
 import pytest
 
-from supervisor import RunnerSpec
+from supervisor import RestartPolicy, RunnerRestarting, RunnerSpec
 from supervisor.protocol import Generate, TaskStatus
 from tests.support.harness import supervised
 from tests.support.leaks import running
+from tests.support.restart_harness import restarting
 
 pytestmark = pytest.mark.anyio
 
@@ -117,3 +119,30 @@ async def test_a_clean_shutdown_is_still_a_stop_and_releases() -> None:
         assert r.sup.released
         assert not running(runner)
     assert r.rec.failures() == []
+
+
+async def test_a_restart_waits_for_the_dead_runners_memory() -> None:
+    if _available_gib() < 2 * BIG_GIB + 3:
+        pytest.skip(f"needs {2 * BIG_GIB + 3:g} GiB of free memory")
+    spec = RunnerSpec(engine="bench.memory_engine:HoldMemory", options={"gib": BIG_GIB})
+    async with restarting(spec, RestartPolicy(backoff_base=0.0)) as r:
+        await r.ready()
+        old = r.sup.pid
+        assert old is not None
+        await _wait_sentinels(old)
+        pidfd = os.pidfd_open(old)
+        try:
+            os.kill(old, signal.SIGKILL)
+            await r.rec.wait_for(lambda: bool(r.rec.failures()), within=10)
+            failed_at = time.monotonic()
+            # Reported while the old process still tears its memory down...
+            assert not select.select([pidfd], [], [], 0)[0]
+            await anyio.wait_readable(pidfd)
+            released_at = time.monotonic()
+        finally:
+            os.close(pidfd)
+        await r.ready(count=2)
+    # ...and the next incarnation was announced only once the memory was free.
+    restarted_at = next(t for t, e in r.rec.events if isinstance(e, RunnerRestarting))
+    assert restarted_at >= released_at - 0.005
+    assert failed_at < released_at
