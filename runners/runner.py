@@ -23,6 +23,7 @@ from supervisor.protocol import (
     Generate,
     LoadModel,
     LoadProgress,
+    Prepare,
     Probe,
     RunnerIdle,
     RunnerLoaded,
@@ -102,6 +103,7 @@ class Runner:
         self._queue: deque[BaseTask] = deque()
         self._cancelled: set[str] = set()
         self._shutdown_seen = False
+        self._prepared = False  # the engine's prepare hook ran
         self.status: BaseRunnerStatus = RunnerIdle()
 
     # -------------------------------------------------------------- messaging
@@ -203,8 +205,11 @@ class Runner:
             if error is not None:
                 raise TaskError(error)
             self._task_status(tid, TaskStatus.Running)
-            if isinstance(task, LoadModel):
+            if isinstance(task, Prepare):
+                self._prepare(ctx)
+            elif isinstance(task, LoadModel):
                 self._set_status(RunnerLoading())
+                self._prepare(ctx)
                 self.engine.load(ctx)
                 self._set_status(RunnerLoaded())
             elif isinstance(task, Warmup):
@@ -246,13 +251,19 @@ class Runner:
             self._cancelled.discard(tid)
         self._task_status(tid, TaskStatus.Complete)
 
+    def _prepare(self, ctx: _Context) -> None:
+        """The engine's prepare hook, once per process (a prepared spare ran it)."""
+        if not self._prepared:
+            self.engine.prepare(ctx)
+            self._prepared = True
+
     def _back_to_ready(self) -> None:
         if isinstance(self.status, RunnerRunning):
             self._set_status(RunnerReady())
 
     def _check_task(self, task: BaseTask) -> str | None:
         state = type(self.status).__name__
-        if isinstance(task, LoadModel):
+        if isinstance(task, (Prepare, LoadModel)):
             ok = isinstance(self.status, RunnerIdle)
         elif isinstance(task, Warmup):
             ok = isinstance(self.status, RunnerLoaded)

@@ -24,6 +24,13 @@ class BaseTask:
 
 
 @dataclass(frozen=True, slots=True)
+class Prepare(BaseTask):
+    """Idle -> Idle: the engine's ``prepare`` hook (device context, kernels, allocator
+    warmed; no weights), ahead of LoadModel. A prepared spare has run it; LoadModel
+    runs it first where it has not run."""
+
+
+@dataclass(frozen=True, slots=True)
 class LoadModel(BaseTask):
     """Idle -> Loading -> Loaded."""
 
@@ -286,6 +293,7 @@ __all__ = [
     "Generate",
     "LoadModel",
     "LoadProgress",
+    "Prepare",
     "Probe",
     "Recovery",
     "RunnerFailed",

@@ -58,6 +58,12 @@ class Engine:
     def __init__(self, options: Mapping[str, Any]) -> None:
         self.options = dict(options)
 
+    def prepare(self, ctx: EngineContext) -> None:
+        """Get the device ready, without weights: CUDA context, kernels, allocator.
+
+        Runs at most once per process, in state Idle: on a `Prepare` task (a
+        ``prepared`` spare runs it ahead of need), else first thing in LoadModel."""
+
     def load(self, ctx: EngineContext) -> None:
         """Load weights. Runs in state Loading."""
 

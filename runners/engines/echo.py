@@ -10,7 +10,7 @@ from typing import Any
 from runners.engines.base import Engine, EngineContext
 from supervisor.protocol import Generate
 
-_OPTIONS = ("token_delay", "load_time", "warmup_time")
+_OPTIONS = ("token_delay", "prepare_time", "load_time", "warmup_time")
 
 
 def _sleep_ticking(seconds: float, ctx: EngineContext) -> None:
@@ -44,7 +44,10 @@ class EchoEngine(Engine):
             raise ValueError(f"unknown echo option(s) {unknown}; known: {list(_OPTIONS)}")
         super().__init__(options)
         self.token_delay = self._seconds("token_delay")
+        self.prepare_time = self._seconds("prepare_time")
         self.load_time = self._seconds("load_time")
+        #: how many times each hook ran in this process (tests read them via the pid)
+        self.prepares = 0
         self.warmup_time = self._seconds("warmup_time")
 
     def _seconds(self, key: str) -> float:
@@ -52,6 +55,10 @@ class EchoEngine(Engine):
         if not value >= 0:
             raise ValueError(f"echo option {key} must be >= 0 seconds, got {value!r}")
         return value
+
+    def prepare(self, ctx: EngineContext) -> None:
+        self.prepares += 1
+        _sleep_ticking(self.prepare_time, ctx)
 
     def load(self, ctx: EngineContext) -> None:
         _sleep_ticking(self.load_time, ctx)

@@ -25,6 +25,7 @@ from supervisor.cli.inputs import InputError, parse_line, prompt_tasks, read_lin
 from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.protocol import BaseTask, Embed
 from supervisor.restart.policy import RestartPolicy
+from supervisor.restart.spares import check_spare_fits
 
 
 async def task_source(
@@ -153,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args)
         spec = spec_from_args(args)
         policy = policy_from_args(args)
+        check_spare_fits(policy, config, spec)
     except ValueError as exc:
         parser.error(str(exc))  # exits 2
     problem = check_run_args(args)

@@ -31,7 +31,7 @@ from supervisor.protocol import (
     Warmup,
 )
 from supervisor.restart.deathclock import ExitClock, detection_latency
-from supervisor.restart.launcher import Launched
+from supervisor.restart.launcher import Launched, startup_ids
 from supervisor.restart.policy import Decision, Replace, RestartTracker, Stop
 from supervisor.restart.recycle import RecycleCounter
 
@@ -59,8 +59,8 @@ class Incarnation:
     def __init__(self, number: int, runner_id: str) -> None:
         self.number = number
         self.runner_id = runner_id
-        #: our own LoadModel and Warmup task ids for this incarnation
-        self.startup_ids = (f"{runner_id}:load:{number}", f"{runner_id}:warmup:{number}")
+        #: our own Prepare, LoadModel and Warmup task ids for this incarnation
+        self.startup_ids = startup_ids(runner_id, number)
         self.sup: RunnerSupervisor | None = None
         self.failure: RunnerFailed | None = None
         #: the policy's one decision about what follows this incarnation
@@ -175,7 +175,8 @@ class Incarnation:
                 tg.start_soon(self._pump, launched, on_event, try_forward)
                 async with anyio.create_task_group() as side:
                     side.start_soon(clock.watch, sup)
-                    side.start_soon(self._drive_startup, sup)
+                    if not launched.drives_startup:  # a loaded spare: already done
+                        side.start_soon(self._drive_startup, sup)
                     await launched.done.wait()
                     side.cancel_scope.cancel()
         finally:
@@ -205,7 +206,7 @@ class Incarnation:
                         await on_event(event)
 
     async def _drive_startup(self, sup: RunnerSupervisor) -> None:
-        load_id, warmup_id = self.startup_ids
+        _, load_id, warmup_id = self.startup_ids
         try:
             await sup.start_task(LoadModel(task_id=load_id))
             await sup.start_task(Warmup(task_id=warmup_id))

@@ -2,8 +2,10 @@
 
 Every runner process is a one-shot `RunnerSupervisor` run in the launcher's task
 group. Its events queue until the restarting layer adopts it as an incarnation;
-a spare (``policy.prespawn``) is one started ahead of need and left Idle, so
-that a restart skips interpreter start-up and imports.
+a spare (``policy.prespawn``) is one started ahead of need, so that a restart
+skips interpreter start-up and imports, and with ``policy.spare_stage`` more:
+``prepared`` (the engine's prepare hook ran) or ``loaded`` (load and warm-up ran:
+adopting it is a hand-over to a runner already Ready). See docs/spares.md.
 """
 
 from __future__ import annotations
@@ -20,32 +22,58 @@ from loguru import logger
 from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.core.runner_supervisor import RunnerSupervisor
 from supervisor.core.statemachine import Notifier
-from supervisor.protocol import BaseEvent, RunnerFailed
+from supervisor.errors import RunnerFailedError, SupervisorClosedError
+from supervisor.protocol import BaseEvent, LoadModel, Prepare, RunnerFailed, Warmup
+from supervisor.restart.policy import SpareStage
 
 #: After a spare could not be started, wait this long before trying again.
 _SPARE_RETRY = 1.0
 
 
+def startup_ids(runner_id: str, number: int) -> tuple[str, str, str]:
+    """Incarnation ``number``'s own Prepare, LoadModel and Warmup task ids (a spare
+    that runs them ahead of its adoption uses the ids its incarnation will have)."""
+    return (
+        f"{runner_id}:prepare:{number}",
+        f"{runner_id}:load:{number}",
+        f"{runner_id}:warmup:{number}",
+    )
+
+
 class Launched:
     """A started runner process, watched; its events wait in ``recv`` until adopted."""
 
-    __slots__ = ("adopted", "done", "recv", "sup")
+    __slots__ = ("adopted", "done", "drives_startup", "number", "recv", "sup")
 
-    def __init__(self, sup: RunnerSupervisor, recv: MemoryObjectReceiveStream[BaseEvent]) -> None:
+    def __init__(
+        self, sup: RunnerSupervisor, recv: MemoryObjectReceiveStream[BaseEvent], number: int
+    ) -> None:
         self.sup = sup
         self.recv = recv
+        #: the incarnation number it was started as (its start-up task ids carry it)
+        self.number = number
         #: its supervisor's run() returned: the process is reaped
         self.done = anyio.Event()
         self.adopted = False
+        #: the launcher sends its LoadModel and Warmup (a loaded spare): the
+        #: incarnation that adopts it must not send them again
+        self.drives_startup = False
 
 
 class Launcher:
     """Spawns and watches one runner id's processes; keeps a spare if asked to."""
 
     def __init__(
-        self, *, spec: RunnerSpec, config: SupervisorConfig, runner_id: str, changed: Notifier
+        self,
+        *,
+        spec: RunnerSpec,
+        config: SupervisorConfig,
+        runner_id: str,
+        changed: Notifier,
+        spare_stage: SpareStage = "imported",
     ) -> None:
         self.spec = spec
+        self.spare_stage = spare_stage
         self.config = config
         self.runner_id = runner_id
         self._changed = changed  # told when a process ends
@@ -87,7 +115,7 @@ class Launcher:
         A runner that could not be started is that incarnation's failure."""
         try:
             self._number = number
-            launched = self._adopt_spare() or self._launch(number)
+            launched = self._adopt_spare(number) or self._launch(number)
         except Exception as exc:  # noqa: BLE001 - reported as the incarnation's failure
             # One line: a spawn failure is an operational error, its cause is in the message.
             logger.error("runner {}: could not start the runner: {!r}", self.runner_id, exc)
@@ -120,7 +148,7 @@ class Launcher:
             send.close()
             recv.close()
             raise
-        launched = Launched(sup, recv)
+        launched = Launched(sup, recv, number)
 
         async def watch() -> None:
             try:
@@ -135,7 +163,7 @@ class Launcher:
         self._tg.start_soon(watch, name=f"runner {self.runner_id} pid {sup.pid}")
         return launched
 
-    def _adopt_spare(self) -> Launched | None:
+    def _adopt_spare(self, number: int) -> Launched | None:
         spare, self._spare = self._spare, None
         if spare is None:
             return None
@@ -143,8 +171,42 @@ class Launcher:
             logger.warning("runner {}: the spare runner died while waiting", self.runner_id)
             spare.sup.kill()
             return None
-        logger.info("runner {}: adopting spare runner pid {}", self.runner_id, spare.sup.pid)
+        if spare.drives_startup and spare.number != number:
+            # its start-up tasks carry another incarnation's ids: not this one's to adopt
+            spare.sup.shutdown()
+            return None
+        logger.info(
+            "runner {}: adopting {} spare runner pid {} ({})",
+            self.runner_id,
+            self.spare_stage,
+            spare.sup.pid,
+            type(spare.sup.status).__name__,
+        )
         return spare
+
+    def _start_spare(self) -> Launched:
+        """A spare for the successor, started up to ``spare_stage``."""
+        assert self._tg is not None
+        number = self._number + 1
+        spare = self._launch(number)
+        if self.spare_stage != "imported":
+            spare.drives_startup = self.spare_stage == "loaded"
+            self._tg.start_soon(self._stage_spare, spare, name=f"spare {self.runner_id}#{number}")
+        return spare
+
+    async def _stage_spare(self, spare: Launched) -> None:
+        """Send the spare its start-up tasks; their events wait with the rest until it
+        is adopted (a loaded spare's RunnerReady is then its incarnation's). A spare
+        that fails meanwhile is replaced by `_keep_spare`, and nobody hears of it."""
+        prepare_id, load_id, warmup_id = startup_ids(self.runner_id, spare.number)
+        try:
+            if not spare.drives_startup:
+                await spare.sup.start_task(Prepare(task_id=prepare_id))
+            else:  # (LoadModel prepares first)
+                await spare.sup.start_task(LoadModel(task_id=load_id))
+                await spare.sup.start_task(Warmup(task_id=warmup_id))
+        except (RunnerFailedError, SupervisorClosedError):
+            return  # it ended: `_keep_spare` (or its adopter) sees that
 
     async def _keep_spare(self, wanted: Callable[[], bool], scope: anyio.CancelScope) -> None:
         with scope:
@@ -153,7 +215,7 @@ class Launcher:
                     self._spare = None  # it died while waiting: replace it
                 if self._spare is None and wanted():
                     try:
-                        self._spare = self._launch(self._number + 1)  # the successor
+                        self._spare = self._start_spare()  # the successor
                     except Exception as exc:  # noqa: BLE001 - no spare is no failure
                         logger.opt(exception=exc).warning(
                             "runner {}: could not start a spare runner", self.runner_id
@@ -162,4 +224,4 @@ class Launcher:
                 await self._changed.wait()
 
 
-__all__ = ["Launched", "Launcher"]
+__all__ = ["Launched", "Launcher", "startup_ids"]

@@ -18,6 +18,8 @@ from supervisor.protocol import Recovery
 RECOVERY_MODES: tuple[Recovery, ...] = ("fail", "replay", "resume")
 RestartMode: TypeAlias = Literal["never", "on-failure", "always"]
 RESTART_MODES: tuple[RestartMode, ...] = ("never", "on-failure", "always")
+SpareStage: TypeAlias = Literal["imported", "prepared", "loaded"]
+SPARE_STAGES: tuple[SpareStage, ...] = ("imported", "prepared", "loaded")
 #: RSS must read above ``max_rss`` this many poll samples in a row before a recycle,
 #: so that one allocation spike (a large batch) does not replace a healthy runner.
 RSS_RECYCLE_SAMPLES = 3
@@ -54,6 +56,11 @@ class RestartPolicy:
     ``prespawn``: once an incarnation is Ready, start the next runner process and
     keep it Idle, so that a restart skips interpreter start-up and imports (most
     of the MTTR with a small model); costs one idle process per runner.
+    ``spare_stage``: how far that spare gets before it waits (docs/spares.md):
+    ``imported`` (engine module imported), ``prepared`` (the engine's ``prepare``
+    hook ran: device context and kernels, no weights) or ``loaded`` (LoadModel and
+    Warmup ran: it waits Ready, and adopting it skips start-up; a second copy of the
+    weights, on the device too).
     """
 
     mode: RestartMode = field(
@@ -110,6 +117,15 @@ class RestartPolicy:
         metadata={
             "help": "keep a spare idle runner process ready to take over (restarts in "
             "milliseconds, for one more process)"
+        },
+    )
+    spare_stage: SpareStage = field(
+        default="imported",
+        metadata={
+            "help": "how far the prespawned spare gets before it waits: imported (engine "
+            "module imported), prepared (engine prepare hook run: device context, no "
+            "weights) or loaded (weights loaded and warmed up: a restart skips start-up, "
+            "for a second copy of the weights in memory); needs `prespawn`"
         },
     )
     max_tasks: int | None = field(
@@ -182,6 +198,15 @@ class RestartPolicy:
             raise ValueError("RestartPolicy.max_restarts must be >= 0")
         if self.crash_loop_threshold < 1:
             raise ValueError("RestartPolicy.crash_loop_threshold must be >= 1")
+        if self.spare_stage not in SPARE_STAGES:
+            raise ValueError(
+                f"RestartPolicy.spare_stage must be one of {SPARE_STAGES}, got {self.spare_stage!r}"
+            )
+        if self.spare_stage != "imported" and not self.prespawn:
+            raise ValueError(
+                f"RestartPolicy.spare_stage={self.spare_stage!r} needs prespawn "
+                "(there is no spare without it)"
+            )
         if self.max_tasks is not None and self.max_tasks < 1:
             raise ValueError("RestartPolicy.max_tasks must be >= 1 or None")
         if self.max_tasks_jitter < 0:
@@ -312,5 +337,7 @@ __all__ = [
     "RestartMode",
     "RestartPolicy",
     "RestartTracker",
+    "SPARE_STAGES",
+    "SpareStage",
     "Stop",
 ]

@@ -76,6 +76,7 @@ from supervisor.restart.recycle import RecycleCounter
 from supervisor.restart.replace import Replacement
 from supervisor.restart.restart_states import RestartState, restart_lifecycle
 from supervisor.restart.roster import Roster
+from supervisor.restart.spares import check_spare_fits
 from supervisor.restart.view import RestartingView
 
 if TYPE_CHECKING:
@@ -113,8 +114,13 @@ class RestartingSupervisor(RestartingView):
         self._life = restart_lifecycle()
         self._changed = self._life.changed  # the one wake-up, for state and incarnation news
         self._loop_wake = Notifier()  # the restart loop's own: an incarnation ended, a hand-over
+        check_spare_fits(self.policy, self.config, self.spec)
         self._launcher = Launcher(
-            spec=self.spec, config=self.config, runner_id=self.runner_id, changed=self._changed
+            spec=self.spec,
+            config=self.config,
+            runner_id=self.runner_id,
+            changed=self._changed,
+            spare_stage=self.policy.spare_stage,
         )
         self._roster = Roster(self.runner_id, changed=self._changed, wake=self._loop_wake)
         #: every accepted host task until its one terminal status, across incarnations

@@ -49,7 +49,7 @@ async def test_the_decision_is_made_once() -> None:
 
 async def test_startup_ids_and_phase_before_a_process() -> None:
     inc = Incarnation(3, "r1")
-    assert inc.startup_ids == ("r1:load:3", "r1:warmup:3")
+    assert inc.startup_ids == ("r1:prepare:3", "r1:load:3", "r1:warmup:3")
     assert inc.phase == "restarting"
     assert not inc.takes_tasks
     assert not inc.healthy
