@@ -124,7 +124,7 @@ GATES: tuple[Gate, ...] = (
     ),
     Gate(
         SCALE_RUNNERS_CPU,
-        3.0,
+        6.0,
         above_fails=True,
         what="64 idle runners, the runners' own CPU, % of a core (all together)",
         target="<= 1%",

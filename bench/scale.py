@@ -60,6 +60,11 @@ async def cpu_percent(seconds: int) -> list[float]:
 
 
 def _children_cpu(pids: list[int]) -> float:
+    """utime+stime of ``pids``, in seconds. They come in 10 ms ticks: summed over 64
+    mostly idle processes in a 3 s window (``--quick``), the figure moves by a few
+    ticks, about 1% of a core, from run to run; the 20 s window of ``--full`` is
+    steadier. (``/proc/PID/schedstat`` would give nanoseconds, but some sandboxes
+    report there a fraction of the time the ticks count.)"""
     total = 0.0
     for pid in pids:
         try:
