@@ -76,7 +76,10 @@ class TorchDistEngine(Engine):
             )
         torch.set_num_threads(int(options.get("threads", 1)))
         wanted = options.get("device")
-        cuda = torch.cuda.is_available() if wanted is None else str(wanted).startswith("cuda")
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(self.world_size)))
+        # nccl wants a GPU of its own per rank: with fewer, every rank stays on gloo.
+        enough = torch.cuda.is_available() and torch.cuda.device_count() >= local_world
+        cuda = enough if wanted is None else str(wanted).startswith("cuda")
         self.device = torch.device(f"cuda:{self.local_rank}" if cuda else "cpu")
         self.backend = "nccl" if cuda else "gloo"
         self._dist: Any = None
