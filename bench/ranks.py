@@ -149,6 +149,37 @@ async def ours_stop() -> tuple[float, str]:
         return failed - t0, f"{w.failure.reason}: {w.failure.error_message}"
 
 
+async def ours_gone(reps: int) -> list[tuple[float, float]]:
+    """SIGKILL one of 4 echo ranks mid-generation: (kill -> RunnerFailed received,
+    kill -> every other rank gone), ``reps`` times. Echo: no torch, so many samples."""
+    spec = RunnerSpec(engine="echo", world_size=WORLD, options={"token_delay": 0.002})
+    samples: list[tuple[float, float]] = []
+    async with fleet() as f:
+        for i in range(reps):
+            w = f.spawn(spec)
+            await w.ready(within=60)
+            ranks = w.sup.ranks  # type: ignore[attr-defined]
+            pids = [await rank.wait_runner_pid() for rank in ranks]
+            await w.sup.start_task(Generate(task_id=f"g{i}", prompt="a b", max_tokens=10**6))
+            await wait_until(lambda w=w: w.chunks >= 5, 30)  # type: ignore[misc]
+            others = [psutil.Process(p) for k, p in enumerate(pids) if k != VICTIM]
+            t0 = time.monotonic()
+            os.kill(pids[VICTIM], signal.SIGKILL)
+            await wait_until(lambda o=others: not any(_running(p) for p in o), 10)  # type: ignore[misc]
+            gone = time.monotonic()
+            failed = await w.wait_failed(within=10)
+            samples.append((failed - t0, gone - t0))
+            await w.sup.wait_finished()
+    return samples
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 async def spare_settled(sup: RestartingSupervisor) -> None:
     """Wait until every rank of the spare has imported torch and sits idle (its CPU
     time stops moving): only then is a restart from it a restart from a spare."""
@@ -311,6 +342,30 @@ def run(mode: Mode) -> Section:
             s.add(Row(bench, subject, "s", note="did not recover: no collective within 120 s"))
         else:
             s.add(Row(bench, subject, "s", Stats.of([plain], "s")))
+    bench = f"Rank group of {WORLD}: SIGKILL one rank -> every other rank gone"
+    gone_reps = mode.pick(10, 40)
+    progress(f"ranks: ours, {gone_reps} kills of one echo rank, the others' end timed")
+    pairs = run_async(mode, partial(ours_gone, gone_reps))
+    seen = Stats.of([failed for failed, _ in pairs], "s")
+    gone = Stats.of([g for _, g in pairs], "s")
+    after = Stats.of([g - failed for failed, g in pairs], "s")
+    s.add(
+        Row(
+            bench,
+            "ours (echo ranks), kill -> others gone",
+            "s",
+            gone,
+            target="<= 50 ms after the failure is seen",
+            met=after.median <= 0.050,
+        )
+    )
+    s.notes.append(
+        f"Others gone: {gone_reps} kills of rank {VICTIM} of {WORLD} echo ranks (no torch, so "
+        f"many samples). The failure was seen (RunnerFailed received) {fmt(seen.median, 's')} "
+        f"after the kill (median); the other ranks were gone {fmt(after.median, 's')} after "
+        f"that (p99 {fmt(after.tail, 's')}): the first rank to end kills the others from its "
+        "end path, before its report is written, so this can be negative."
+    )
     bench = f"Rank group of {WORLD}: SIGSTOP one rank -> failure seen"
     progress("ranks: ours, SIGSTOP")
     stops = [run_async(mode, ours_stop) for _ in range(reps)]
