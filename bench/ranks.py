@@ -294,6 +294,19 @@ def torchrun_kill(source: str = WORKER, within: float = START_WITHIN) -> float |
             run.close()
 
 
+def bare_imports() -> float:
+    """Seconds for WORLD fresh interpreters importing torch at once: the floor of any
+    restart that starts its ranks anew, on this machine, now."""
+    t0 = time.monotonic()
+    procs = [
+        subprocess.Popen([sys.executable, "-c", "import torch, torch.distributed"])
+        for _ in range(WORLD)
+    ]
+    for proc in procs:
+        proc.wait(START_WITHIN)
+    return time.monotonic() - t0
+
+
 def torchrun_stop(bound: float) -> float | None:
     """SIGSTOP one worker -> torchrun restarts the group or exits; None if not within
     ``bound`` seconds."""
@@ -320,7 +333,7 @@ def run(mode: Mode) -> Section:
     # Interleaved, one kill of each subject per round: on a shared machine the load
     # changes by the minute, and four torch imports are most of a restart.
     load = os.getloadavg()[0]
-    samples: dict[str, list[float]] = {"torchrun": [], "spawn": [], "prespawn": []}
+    samples: dict[str, list[float]] = {"torchrun": [], "spawn": [], "prespawn": [], "bare": []}
     for i in range(reps):
         progress(f"ranks: round {i + 1}/{reps}: torchrun, ours (spawn), ours (spares)")
         kill = torchrun_kill()
@@ -329,11 +342,20 @@ def run(mode: Mode) -> Section:
         samples["torchrun"].append(kill)
         samples["spawn"] += run_async(mode, partial(ours_kill, False, 1))
         samples["prespawn"] += run_async(mode, partial(ours_kill, True, 1))
+        samples["bare"].append(bare_imports())
     base = Stats.of(samples["torchrun"], "s")
     for label, key in (("ours, spawn", "spawn"), ("ours, prespawned spares", "prespawn")):
         st = Stats.of(samples[key], "s")
         s.add(Row(bench, label, "s", st, ratio=ratio(st.median, base.median, "s")))
     s.add(Row(bench, "torchrun --nproc-per-node 4 --max-restarts 3", "s", base))
+    s.add(
+        Row(
+            bench,
+            f"floor: {WORLD} x python -c 'import torch' at once",
+            "s",
+            Stats.of(samples["bare"], "s"),
+        )
+    )
     if not mode.quick:
         progress("ranks: torchrun, plain env:// worker, one SIGKILL")
         plain = torchrun_kill(WORKER_ENV, within=120.0)
@@ -388,7 +410,9 @@ def run(mode: Mode) -> Section:
         "sat idle before the kill. torchrun: default monitor interval; the time ends when "
         "rank 0's first all_reduce of the restarted group returns. Every rank imports torch "
         "again on a restart without spares; on this 2-core shared machine that dominates "
-        f"(1-minute load average {load:.1f} when the rounds began).",
+        f"(1-minute load average {load:.1f} when the rounds began). The floor row is "
+        "the same imports with no supervisor and no torchrun, measured in each round: "
+        "what a restart that starts its ranks anew cannot beat.",
         f"SIGSTOP: ours is the stopped rank's heartbeat going stale (freeze bound "
         f"{fmt(CONFIG.freeze_bound, 's')}) or, for a rank blocked in the collective, the "
         f"decode deadline ({fmt(CONFIG.decode_timeout, 's')}); the failure said "
