@@ -104,7 +104,9 @@ class TorchDistEngine(Engine):
             timeout=timedelta(seconds=self.timeout),
         )
         self._dist = dist
-        ctx.tick()
+        # The extension is a point in time, not one step: end it, or it would cover
+        # every collective of the next `timeout` seconds.
+        ctx.extend_deadline(0.0)
         # Every rank draws the full weights from one seed and keeps its slice: the
         # model is the same whatever the world size.
         gen = torch.Generator().manual_seed(self.seed)

@@ -101,3 +101,24 @@ def test_the_cli_prints_rank_zeros_tokens_once_and_exits_0() -> None:
     words = done.stdout.split()
     assert len(words) == 6, done.stdout  # one rank's tokens, not two
     assert set(words) <= set(VOCAB)
+
+
+async def test_a_wedged_collective_is_caught_by_the_progress_deadline() -> None:
+    # With the freeze detector out of the way, nothing but the progress deadlines can
+    # see a rank stopped inside the collective: the others wait in it, heartbeats live.
+    config = SupervisorConfig(heartbeat_stale_checks=10_000, decode_timeout=2.0)
+    async with supervised(_spec(2, token_delay=0.02), config) as r:
+        await r.ready()
+        pids = await rank_pids(r.sup, 2)
+        await r.sup.start_task(Generate(task_id="g", prompt="x", max_tokens=100_000))
+        await r.rec.wait_for(lambda: len(r.rec.chunks("g")) >= 3, 60)
+        stopped = time.monotonic()
+        os.kill(pids[1], signal.SIGSTOP)
+        await r.rec.wait_for(lambda: bool(r.rec.failures()), 30)
+        seen = time.monotonic() - stopped
+        await r.finished()
+    (failure,) = r.rec.failures()
+    assert failure.reason == "stalled", failure
+    assert failure.error_message.startswith(("rank 0: ", "rank 1: "))
+    assert seen < 2.0 + 10.0  # the deadline, and generous slack for a loaded machine
+    assert r.rec.terminal("g") == [TaskStatus.Failed]
