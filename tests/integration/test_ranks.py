@@ -155,3 +155,20 @@ async def test_shutdown_stops_every_rank_without_a_failure() -> None:
         await r.finished()
     assert not r.rec.failures()
     assert not any(running(pid) for pid in pids)
+
+
+async def test_a_loaded_spare_group_takes_over_ready() -> None:
+    spec = RunnerSpec(engine="echo", world_size=2)
+    policy = RestartPolicy(mode="on-failure", backoff_base=0.0, prespawn=True, spare_stage="loaded")
+    async with restarting(spec, policy) as r:
+        await r.ready()
+        await r.rec.wait_for(lambda: len(r.sup.spare_pids) == 2, within=30)
+        current = r.sup.current
+        assert current is not None
+        first = await rank_pids(current, 2)
+        os.kill(first[1], signal.SIGKILL)
+        await r.rec.wait_for(lambda: r.sup.incarnation == 2 and r.sup.ready, within=30)
+        await r.sup.start_task(Generate(task_id="g", prompt="a b", max_tokens=2))
+        await r.rec.wait_for(lambda: r.rec.terminal("g") == [TaskStatus.Complete])
+    (failure,) = r.rec.failures()
+    assert failure.error_message.startswith("rank 1: ")
