@@ -33,6 +33,7 @@ BENCHMARKS = (
     "death_memory",
     "freeze",
     "mttr",
+    "spares",
     "scale",
     "streaming",
     "memory",

@@ -163,9 +163,11 @@ async def policy_mttr(spec: RunnerSpec, policy: RestartPolicy, reps: int) -> lis
         for i in range(reps):
             if policy.prespawn:
                 with anyio.fail_after(120):
-                    while sup.spare_pid is None:  # noqa: ASYNC110 - a spare sends no event
+                    # at its stage: prepared (CUDA up) or loaded (Ready) before the kill
+                    while not sup.spare_ready:  # noqa: ASYNC110 - a spare sends no event
                         await anyio.sleep(0.02)
-                await anyio.sleep(1.0 if spec.engine != "echo" else 0.1)  # the spare settles
+                # an imported spare: nothing reports the end of its imports (torch)
+                await anyio.sleep(1.0 if spec.engine != "echo" else 0.1)
             t0 = w.sigkill()
             want = i + 2
             await w.wait(lambda n=want: len(readies) >= n, within=120)  # type: ignore[misc]

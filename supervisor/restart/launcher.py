@@ -23,7 +23,15 @@ from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.core.runner_supervisor import RunnerSupervisor
 from supervisor.core.statemachine import Notifier
 from supervisor.errors import RunnerFailedError, SupervisorClosedError
-from supervisor.protocol import BaseEvent, LoadModel, Prepare, RunnerFailed, Warmup
+from supervisor.protocol import (
+    BaseEvent,
+    LoadModel,
+    Prepare,
+    RunnerFailed,
+    RunnerIdle,
+    RunnerReady,
+    Warmup,
+)
 from supervisor.restart.policy import SpareStage
 
 #: After a spare could not be started, wait this long before trying again.
@@ -43,7 +51,7 @@ def startup_ids(runner_id: str, number: int) -> tuple[str, str, str]:
 class Launched:
     """A started runner process, watched; its events wait in ``recv`` until adopted."""
 
-    __slots__ = ("adopted", "done", "drives_startup", "number", "recv", "sup")
+    __slots__ = ("adopted", "done", "drives_startup", "number", "recv", "staged", "sup")
 
     def __init__(
         self, sup: RunnerSupervisor, recv: MemoryObjectReceiveStream[BaseEvent], number: int
@@ -58,6 +66,8 @@ class Launched:
         #: the launcher sends its LoadModel and Warmup (a loaded spare): the
         #: incarnation that adopts it must not send them again
         self.drives_startup = False
+        #: every start-up task of its stage was sent (a spare: it was told all it will be)
+        self.staged = False
 
 
 class Launcher:
@@ -91,6 +101,21 @@ class Launcher:
         """Every rank's pid of the spare, in rank order (empty without one)."""
         spare = self._spare
         return [] if spare is None or spare.done.is_set() else spare.sup.pids
+
+    @property
+    def spare_ready(self) -> bool:
+        """A spare waits at its stage: its start-up tasks done, Ready when ``loaded``.
+        (``imported``: its runner is up; nothing reports the end of its imports.)"""
+        spare = self._spare
+        if spare is None or spare.done.is_set() or not spare.staged:
+            return False
+        if spare.sup.runner_pid is None:
+            return False
+        sup = spare.sup
+        if sup.failure is not None or sup.finished or sup.pending or sup.in_progress:
+            return False
+        wanted = RunnerReady if self.spare_stage == "loaded" else RunnerIdle
+        return isinstance(sup.status, wanted)
 
     @asynccontextmanager
     async def open(self, spare_wanted: Callable[[], bool] | None) -> AsyncIterator[None]:
@@ -189,7 +214,9 @@ class Launcher:
         assert self._tg is not None
         number = self._number + 1
         spare = self._launch(number)
-        if self.spare_stage != "imported":
+        if self.spare_stage == "imported":
+            spare.staged = True
+        else:
             spare.drives_startup = self.spare_stage == "loaded"
             self._tg.start_soon(self._stage_spare, spare, name=f"spare {self.runner_id}#{number}")
         return spare
@@ -207,6 +234,7 @@ class Launcher:
                 await spare.sup.start_task(Warmup(task_id=warmup_id))
         except (RunnerFailedError, SupervisorClosedError):
             return  # it ended: `_keep_spare` (or its adopter) sees that
+        spare.staged = True
 
     async def _keep_spare(self, wanted: Callable[[], bool], scope: anyio.CancelScope) -> None:
         with scope:

@@ -66,6 +66,12 @@ class RestartingView:
         return self._launcher.spare_pids
 
     @property
+    def spare_ready(self) -> bool:
+        """A spare waits at its ``policy.spare_stage`` (prepared: Idle with its hook run;
+        loaded: Ready; imported: its runner is up, its imports may still be running)."""
+        return self._launcher.spare_ready
+
+    @property
     def pid(self) -> int | None:
         sup = self.current
         return None if sup is None or sup.finished else sup.pid

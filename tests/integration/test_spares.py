@@ -42,6 +42,7 @@ async def _spare_at_stage(r: Restarting, journal: Path, stage: SpareStage) -> in
     spare = r.sup.spare_pid
     wanted = {"imported": set(), "prepared": {"prepare"}, "loaded": {"prepare", "warmup"}}
     await _poll(lambda: wanted[stage] <= {h for h, _ in _hooks(journal, spare)}, within=30)
+    await _poll(lambda: r.sup.spare_ready, within=30)  # ... and says so
     assert spare is not None
     return spare
 
@@ -92,6 +93,7 @@ async def test_a_spare_that_dies_waiting_is_replaced_silently(tmp_path: Path) ->
         first = r.sup.pid
         doomed = await _spare_at_stage(r, journal, "loaded")
         os.kill(doomed, signal.SIGKILL)
+        await _poll(lambda: not r.sup.spare_ready, within=30)
         await _poll(lambda: r.sup.spare_pid not in (None, doomed), within=30)
         spare = await _spare_at_stage(r, journal, "loaded")
         assert r.sup.pid == first
