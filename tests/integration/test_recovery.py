@@ -15,7 +15,7 @@ from supervisor import RestartPolicy, RunnerSpec
 from supervisor.errors import SupervisorError
 from supervisor.protocol import Generate, Recovery, TaskStatus, TaskStatusUpdated
 from supervisor.restart.events import SupervisorGaveUp, TaskRecovered
-from tests.support.restart_harness import Restarting, restarting
+from tests.support.restart_harness import Restarting, restarting, running_node
 
 pytestmark = pytest.mark.anyio
 
@@ -177,3 +177,27 @@ async def test_a_replay_that_regenerates_other_tokens_fails_as_diverged() -> Non
     (failed,) = finals(r, "coin")
     assert failed.error is not None
     assert "diverged" in failed.error
+
+
+@pytest.mark.slow
+async def test_a_one_for_all_restart_resumes_every_members_generation() -> None:
+    ids = ["rank0", "rank1"]
+    spec = RunnerSpec(engine="echo", options={"token_delay": 0.01})
+    policy = RestartPolicy(backoff_base=0.0, task_recovery="resume")
+    async with running_node(policy=policy) as (node, rec):
+        node.add_group("g", dict.fromkeys(ids, spec), strategy="one_for_all")
+        await rec.wait_for(lambda: all(rec.ready_count(r) >= 1 for r in ids), within=60)
+        tasks = {r: Generate(task_id=f"{r}-g", prompt="a b c", max_tokens=60) for r in ids}
+        for rid, task in tasks.items():
+            await node.start_task(rid, task)
+        await rec.wait_for(lambda: all(len(rec.chunks(t.task_id)) >= 5 for t in tasks.values()))
+        os.kill(node["rank1"].pid or 0, signal.SIGKILL)  # rank0 is stopped with it
+        await rec.wait_for(lambda: all(rec.terminal(t.task_id) for t in tasks.values()), 60)
+    for task in tasks.values():
+        assert rec.terminal(task.task_id) == [TaskStatus.Complete], task.task_id
+        chunks = rec.chunks(task.task_id)
+        assert [c.index for c in chunks] == list(range(task.max_tokens))
+        assert [c.text for c in chunks] == list(echo_tokens(task.prompt, task.max_tokens))
+    resumed = {e.task_id: e for e in rec.of(TaskRecovered)}
+    assert set(resumed) == {t.task_id for t in tasks.values()}  # the stopped sibling's too
+    assert all(e.mode == "resume" and e.from_index >= 5 for e in resumed.values())
