@@ -4,21 +4,25 @@ Incarnations are executors: the host tasks handed to one are the ledger's
 (`supervisor.restart.ledger`), which decides at the incarnation's end what becomes
 of those it did not finish.
 
-An incarnation can be *retired* (a replacement took over: it takes no new task,
-drains and stops) and *stopped by the restart layer* (its group restarts, or its
-drain timed out): then the host tasks it leaves unfinished are recovered or end
-``Failed`` with ``stop_cause`` as their error, whatever the runner called them.
+Its life is one state (`INCARNATION_TABLE`): it starts, becomes Ready, and then may
+be *retired* (a replacement took over: it takes no new task, drains and stops),
+*stopped by the restart layer* (its group restarts, or its drain timed out: the host
+tasks it leaves unfinished are recovered or end ``Failed`` with ``stop_cause`` as
+their error, whatever the runner called them), asked to shut down by the host, or
+fail; it ends once every event it wrote went through.
 """
 
 from __future__ import annotations
 
+import enum
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
 from loguru import logger
 
 from supervisor.core.runner_supervisor import RunnerSupervisor
+from supervisor.core.statemachine import StateMachine
 from supervisor.errors import RunnerFailedError, SupervisorClosedError
 from supervisor.ops.phases import Phase, phase_of
 from supervisor.protocol import (
@@ -36,6 +40,31 @@ from supervisor.restart.policy import Decision, Replace, RestartTracker, Stop
 from supervisor.restart.recycle import RecycleCounter
 
 
+class IncState(enum.Enum):
+    """Where one incarnation is in its life, as the restarting layer sees it."""
+
+    STARTING = "starting"  # created: its process not adopted, or not Ready yet
+    READY = "ready"  # reached Ready: takes tasks while its runner does
+    SHUTTING_DOWN = "shutting_down"  # the host sent Shutdown: its end is asked for
+    RETIRED = "retired"  # a replacement took over: no new tasks; drains, then stops
+    STOPPING = "stopping"  # the restart layer stops it (group round, drain timeout)
+    FAILED = "failed"  # its RunnerFailed was seen
+    ENDED = "ended"  # every event it wrote went through (settled)
+
+
+_I = IncState
+#: The moves of an incarnation's life; a failure or the end may come at any time.
+INCARNATION_TABLE: Mapping[IncState, frozenset[IncState]] = {
+    _I.STARTING: frozenset({_I.READY, _I.SHUTTING_DOWN, _I.STOPPING, _I.FAILED, _I.ENDED}),
+    _I.READY: frozenset({_I.SHUTTING_DOWN, _I.RETIRED, _I.STOPPING, _I.FAILED, _I.ENDED}),
+    _I.SHUTTING_DOWN: frozenset({_I.STOPPING, _I.FAILED, _I.ENDED}),
+    _I.RETIRED: frozenset({_I.STOPPING, _I.FAILED, _I.ENDED}),
+    _I.STOPPING: frozenset({_I.FAILED, _I.ENDED}),
+    _I.FAILED: frozenset({_I.ENDED}),
+    _I.ENDED: frozenset(),
+}
+
+
 class Incarnation:
     """What one runner process did, as the restarting layer saw it."""
 
@@ -43,12 +72,11 @@ class Incarnation:
         "_clock",
         "decision",
         "failure",
-        "host_shutdown",
+        "life",
         "number",
         "ready_at",
         "recycle",
         "restart_reason",
-        "retired",
         "runner_id",
         "settled",
         "startup_ids",
@@ -62,34 +90,65 @@ class Incarnation:
         #: our own Prepare, LoadModel and Warmup task ids for this incarnation
         self.startup_ids = startup_ids(runner_id, number)
         self.sup: RunnerSupervisor | None = None
+        self.life = StateMachine(IncState.STARTING, INCARNATION_TABLE)
+        #: its RunnerFailed, once seen (`failed`)
         self.failure: RunnerFailed | None = None
         #: the policy's one decision about what follows this incarnation
         self.decision: Decision | None = None
         self.ready_at: float | None = None
-        #: the host sent Shutdown: the runner's end is asked for, not a failure
-        self.host_shutdown = False
-        #: every event of this incarnation went through
+        #: every event of this incarnation went through (`IncState.ENDED`)
         self.settled = anyio.Event()
         self._clock: ExitClock | None = None
-        #: a replacement took over: no new tasks; it drains, then stops
-        self.retired = False
-        #: the restart layer stopped it with tasks in flight: their error
+        #: the restart layer stopped it with tasks in flight: their error (`stop`)
         self.stop_cause: str | None = None
         #: why the next incarnation starts (RunnerRestarting.reason); None: derived
         self.restart_reason: str | None = None
         self.recycle: RecycleCounter | None = None
 
+    # ------------------------------------------------------------------ moves
+    def became_ready(self) -> float:
+        """Note the first Ready; returns its time."""
+        self.ready_at = time.monotonic()
+        self.life.advance(IncState.READY)
+        return self.ready_at
+
+    def shutting_down(self) -> None:
+        """The host handed it a Shutdown: its end is asked for, not a failure."""
+        self.life.advance(IncState.SHUTTING_DOWN)
+
+    def retire(self, reason: str) -> None:
+        """A replacement takes over: no new tasks; what follows is decided (no budget)."""
+        self.life.advance(IncState.RETIRED)
+        self.decision = Replace(reason)
+
+    def stop(self, cause: str) -> None:
+        """The restart layer stops it; ``cause`` is the error of the tasks it leaves
+        (the first cause stays)."""
+        self.stop_cause = self.stop_cause or cause
+        self.life.advance(IncState.STOPPING)
+
+    def failed(self, failure: RunnerFailed) -> None:
+        """Its RunnerFailed came through."""
+        self.failure = failure
+        self.life.advance(IncState.FAILED)
+
+    def ended(self) -> None:
+        """Every event it wrote went through."""
+        self.life.advance(IncState.ENDED)
+        self.settled.set()
+
     # ------------------------------------------------------------------ views
+    @property
+    def state(self) -> IncState:
+        return self.life.state
+
     @property
     def takes_tasks(self) -> bool:
         """Ready, and nothing says it is about to end."""
         sup = self.sup
         return (
-            sup is not None
-            and self.failure is None
-            and not self.host_shutdown
-            and not self.retired
-            and self.stop_cause is None
+            self.life.state is IncState.READY
+            and sup is not None
             and sup.failure is None
             and not sup.finished
             and isinstance(sup.status, READY_STATUSES)
@@ -125,24 +184,14 @@ class Incarnation:
     def phase(self) -> Phase:
         if isinstance(self.decision, Stop):
             return "stopped"
-        if self.sup is None or self.retired or self.stop_cause is not None:
+        if self.sup is None or self.life.state in (IncState.RETIRED, IncState.STOPPING):
             return "restarting"
         return phase_of(self.sup.status)
-
-    def retire(self, reason: str) -> None:
-        """A replacement takes over: no new tasks; what follows is decided (no budget)."""
-        self.retired = True
-        self.decision = Replace(reason)
 
     def detection_latency(self, failure: RunnerFailed) -> float | None:
         if self.sup is None or self._clock is None:
             return None  # it never started
         return detection_latency(self.sup, failure, self._clock.exited_at)
-
-    def became_ready(self) -> float:
-        """Note the first Ready; returns its time."""
-        self.ready_at = time.monotonic()
-        return self.ready_at
 
     def decide(self, tracker: RestartTracker, *, stopping: bool) -> Decision:
         """What follows this incarnation, decided once: at its failure (so that the
@@ -180,7 +229,7 @@ class Incarnation:
                     await launched.done.wait()
                     side.cancel_scope.cancel()
         finally:
-            self.settled.set()
+            self.ended()
 
     async def _pump(
         self,
@@ -218,11 +267,8 @@ class Incarnation:
         Ready: replace it (unless its end was asked for)."""
         if (
             event.status is TaskStatus.Complete
-            or self.failure is not None
             or stopping
-            or self.host_shutdown
-            or self.retired
-            or self.stop_cause is not None
+            or self.life.state is not IncState.STARTING  # its end was asked for, or came
         ):
             return
         logger.error(

@@ -57,9 +57,7 @@ class Replacement:
             await changed.wait_until(lambda: old.drained)
             return True
         if not old.drained:
-            old.stop_cause = old.stop_cause or drain_error(
-                old.runner_id, self.reason, self.drain_timeout
-            )
+            old.stop(drain_error(old.runner_id, self.reason, self.drain_timeout))
         return old.drained
 
 

@@ -375,7 +375,7 @@ class RestartingSupervisor(RestartingView):
             )
             await self._host.send(recovered)
         if isinstance(task, Shutdown):
-            inc.host_shutdown = True
+            inc.shutting_down()
         tg.start_soon(self._deliver, inc, task)
 
     async def _deliver(self, inc: Incarnation, task: BaseTask) -> None:
@@ -468,7 +468,7 @@ class RestartingSupervisor(RestartingView):
                 self._record_failure(inc, launched)
                 await self._host.send(RunnerStatusUpdated(self.runner_id, launched))
                 await self._flush_group()
-                inc.settled.set()
+                inc.ended()
                 return
             if self._life.state is not _S.RUNNING or inc.stop_cause is not None:
                 launched.sup.shutdown()
@@ -575,7 +575,7 @@ class RestartingSupervisor(RestartingView):
         self._host.send_nowait(event)
 
     def _record_failure(self, inc: Incarnation, failure: RunnerFailed) -> None:
-        inc.failure = failure
+        inc.failed(failure)
         self._last_failure = failure
         for obs in self._observers:
             obs.on_failure(self.runner_id, failure, inc.detection_latency(failure))

@@ -97,7 +97,7 @@ class Roster:
         """End every live incarnation now: Shutdown, SIGKILL after ``grace`` seconds;
         their unfinished host tasks fail with ``cause``."""
         for inc in self.live():
-            inc.stop_cause = inc.stop_cause or cause
+            inc.stop(cause)
             sup = inc.sup
             if sup is not None and not sup.finished:
                 sup.shutdown()

@@ -6,8 +6,9 @@ import random
 
 import pytest
 
+from supervisor.core.statemachine import IllegalTransition, check_table
 from supervisor.protocol import RunnerFailed
-from supervisor.restart.incarnation import Incarnation
+from supervisor.restart.incarnation import INCARNATION_TABLE, Incarnation, IncState
 from supervisor.restart.policy import RestartPolicy, RestartTracker, Stop
 
 pytestmark = pytest.mark.anyio
@@ -23,7 +24,7 @@ def failed(t: RestartTracker) -> Incarnation:
     """An incarnation that failed after Ready, the policy's decision made."""
     inc = Incarnation(1, "r")
     t.on_ready(inc.became_ready())
-    inc.failure = DEATH
+    inc.failed(DEATH)
     inc.decide(t, stopping=False)
     return inc
 
@@ -31,7 +32,7 @@ def failed(t: RestartTracker) -> Incarnation:
 async def test_a_failed_or_stopped_incarnation_is_ending() -> None:
     inc = Incarnation(1, "r")
     assert not inc.ending  # a live incarnation: a task's Failed is the task's own
-    inc.stop_cause = "group g: member r0 failed"
+    inc.stop("group g: member r0 failed")
     assert inc.ending
     assert failed(tracker()).ending
 
@@ -54,3 +55,22 @@ async def test_startup_ids_and_phase_before_a_process() -> None:
     assert not inc.takes_tasks
     assert not inc.healthy
     assert inc.detection_latency(DEATH) is None
+
+
+async def test_the_incarnation_table_is_complete_and_its_moves_are_one_way() -> None:
+    check_table(INCARNATION_TABLE, IncState)
+    inc = Incarnation(1, "r")
+    inc.became_ready()
+    assert inc.state is IncState.READY
+    inc.retire("replace")
+    assert inc.state is IncState.RETIRED
+    assert not inc.takes_tasks
+    inc.stop("drain timeout")
+    inc.stop("a later cause")  # the first one stays
+    assert inc.stop_cause == "drain timeout"
+    inc.failed(DEATH)
+    inc.ended()
+    assert inc.state is IncState.ENDED
+    assert inc.settled.is_set()
+    with pytest.raises(IllegalTransition):
+        inc.life.transition(IncState.READY)
