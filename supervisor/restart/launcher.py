@@ -24,6 +24,7 @@ from supervisor.core.runner_supervisor import RunnerSupervisor
 from supervisor.core.statemachine import Notifier
 from supervisor.errors import RunnerFailedError, SupervisorClosedError
 from supervisor.protocol import (
+    READY_STATUSES,
     BaseEvent,
     LoadModel,
     Prepare,
@@ -200,6 +201,13 @@ class Launcher:
             # its start-up tasks carry another incarnation's ids: not this one's to adopt
             spare.sup.shutdown()
             return None
+        if spare.drives_startup and self._startup_failed(spare):
+            logger.warning(
+                "runner {}: the loaded spare's start-up failed; starting a new runner",
+                self.runner_id,
+            )
+            spare.sup.shutdown()
+            return None
         logger.info(
             "runner {}: adopting {} spare runner pid {} ({})",
             self.runner_id,
@@ -208,6 +216,17 @@ class Launcher:
             type(spare.sup.status).__name__,
         )
         return spare
+
+    @staticmethod
+    def _startup_failed(spare: Launched) -> bool:
+        """Its LoadModel and Warmup were sent and are over, and it is not Ready: one of
+        them failed (a task error, not a death): adopting it would only fail again."""
+        sup = spare.sup
+        return (
+            spare.staged
+            and not (sup.pending or sup.in_progress)
+            and not isinstance(sup.status, READY_STATUSES)
+        )
 
     def _start_spare(self) -> Launched:
         """A spare for the successor, started up to ``spare_stage``."""

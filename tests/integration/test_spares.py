@@ -151,3 +151,47 @@ async def test_a_rank_group_gets_a_loaded_spare_for_every_rank(tmp_path: Path) -
     # is the next spare group, not the incarnation that took over
     assert ranks <= before
     assert not ranks & set(loads_after)
+
+
+async def test_replace_hands_over_to_a_loaded_spare(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    policy = RestartPolicy(backoff_base=0.0, prespawn=True, spare_stage="loaded")
+    async with restarting(_spec(journal, token_delay=0.01), policy=policy) as r:
+        await r.ready()
+        old = r.sup.pid
+        spare = await _spare_at_stage(r, journal, "loaded")
+        await r.sup.start_task(Generate(task_id="long", prompt="a b", max_tokens=30))
+        await r.rec.wait_for(lambda: len(r.rec.chunks("long")) >= 2)
+        asked_at = time.monotonic()
+        await r.sup.replace()
+        assert r.sup.pid == spare
+        await r.sup.start_task(Generate(task_id="after", prompt="c", max_tokens=2))
+        await r.rec.wait_for(lambda: r.rec.terminal("after") == [TaskStatus.Complete])
+        await r.rec.wait_for(lambda: r.rec.terminal("long") == [TaskStatus.Complete])
+    assert old != spare
+    assert r.rec.failures() == []
+    assert [h for h, when in _hooks(journal, spare) if when >= asked_at] == []
+
+
+async def test_a_loaded_spare_whose_load_failed_is_not_adopted(tmp_path: Path) -> None:
+    journal, flag = tmp_path / "journal", tmp_path / "no-weights"
+    policy = RestartPolicy(backoff_base=0.0, prespawn=True, spare_stage="loaded")
+    async with restarting(_spec(journal, fail_load_if=str(flag)), policy=policy) as r:
+        await r.ready()
+        flag.touch()  # the spare's load fails; the current runner is loaded already
+        await _poll(lambda: r.sup.spare_pid is not None, within=30)
+        broken = r.sup.spare_pid
+        await _poll(lambda: ("load-failed", broken) in _pids_of(journal), within=30)
+        await anyio.sleep(0.2)  # its failed LoadModel's status arrives
+        assert not r.sup.spare_ready
+        flag.unlink()
+        os.kill(r.sup.pid or 0, signal.SIGKILL)
+        await r.ready(count=2, within=30)
+        assert r.sup.pid not in (None, broken)  # a fresh runner, not the broken spare
+        await r.sup.start_task(Generate(task_id="g", prompt="fine", max_tokens=2))
+        await r.rec.wait_for(lambda: r.rec.terminal("g") == [TaskStatus.Complete])
+    assert len(r.rec.failures()) == 1  # the kill; the broken spare is nobody's failure
+
+
+def _pids_of(journal: Path) -> set[tuple[str, int]]:
+    return {(hook, pid) for hook, pid, _ in read_journal(str(journal))}

@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from runners.engines.base import EngineContext
+from runners.engines.base import EngineContext, TaskError
 from runners.engines.echo import EchoEngine
 
 
@@ -19,6 +19,8 @@ class JournalingEngine(EchoEngine):
     def __init__(self, options: Mapping[str, Any]) -> None:
         opts = dict(options)
         self.journal = str(opts.pop("journal"))
+        #: load fails (a task error) while this file exists
+        self.fail_load_if = opts.pop("fail_load_if", None)
         super().__init__(opts)
 
     def _note(self, hook: str) -> None:
@@ -31,6 +33,9 @@ class JournalingEngine(EchoEngine):
 
     def load(self, ctx: EngineContext) -> None:
         super().load(ctx)
+        if self.fail_load_if is not None and os.path.exists(self.fail_load_if):
+            self._note("load-failed")
+            raise TaskError("no weights today")
         self._note("load")
 
     def warmup(self, ctx: EngineContext) -> None:
