@@ -18,6 +18,7 @@ from functools import partial
 
 import anyio
 
+from bench import gates
 from bench.common import Mode, fleet, progress, run_async
 from bench.report import Row, Section, Stats, fmt, ratio
 from supervisor import RestartingSupervisor, RestartPolicy, RunnerSpec, SupervisorConfig
@@ -124,6 +125,8 @@ def run(mode: Mode) -> Section:
                 met=(st.median <= TARGET_LOADED_P50) if loaded else None,
             )
         )
+        if loaded:
+            s.figures[gates.SPARES_LOADED_VS_SPAWN] = st.median / spawn.median
         d, e = Stats.of(got.detect, "s"), Stats.of(got.exit, "s")
         s.notes.append(
             f"{label}: median MTTR {fmt(st.median, 's')}, of which detection (kill -> "

@@ -12,8 +12,9 @@ import anyio
 import pytest
 
 from supervisor import RestartPolicy, RunnerSpec, TaskRecovered
-from supervisor.protocol import Generate, TaskStatus
+from supervisor.protocol import Generate, Prepare, RunnerIdle, TaskStatus
 from supervisor.restart.policy import SpareStage
+from tests.support.harness import supervised
 from tests.support.restart_harness import Restarting, restarting
 from tests.support.spare_engines import read_journal
 
@@ -195,3 +196,19 @@ async def test_a_loaded_spare_whose_load_failed_is_not_adopted(tmp_path: Path) -
 
 def _pids_of(journal: Path) -> set[tuple[str, int]]:
     return {(hook, pid) for hook, pid, _ in read_journal(str(journal))}
+
+
+async def test_prepare_runs_once_in_idle_and_only_there(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    async with supervised(_spec(journal)) as r:
+        await r.sup.start_task(Prepare(task_id="p1"))
+        await r.rec.wait_for(lambda: r.rec.terminal("p1") == [TaskStatus.Complete])
+        assert isinstance(r.sup.status, RunnerIdle)  # prepared, still Idle
+        await r.sup.start_task(Prepare(task_id="p2"))  # a second one: nothing to do
+        await r.rec.wait_for(lambda: r.rec.terminal("p2") == [TaskStatus.Complete])
+        await r.ready()  # LoadModel does not prepare again
+        await r.sup.start_task(Prepare(task_id="late"))
+        await r.rec.wait_for(lambda: r.rec.terminal("late") == [TaskStatus.Failed])
+        await r.sup.start_task(Generate(task_id="g", prompt="still fine", max_tokens=2))
+        await r.rec.wait_for(lambda: r.rec.terminal("g") == [TaskStatus.Complete])
+    assert [h for h, _ in _hooks(journal, r.sup.pid)] == ["prepare", "load", "warmup"]
