@@ -103,26 +103,29 @@ class RestartingSupervisor(RestartingView):
         self.spec = spec or RunnerSpec()
         self.config = config or SupervisorConfig()
         self.policy = policy or RestartPolicy()
-        self.runner_id = runner_id or self.spec.runner_id or f"runner-{os.urandom(4).hex()}"
-        self._log = runner_logger(self.runner_id)  # lines about the runner, not one incarnation
-        #: the group whose strategy and budget decide this runner's restarts, if any
-        self.group = group
-        self._host = HostStream(event_sender, self.runner_id)
-        self._observers: list[SupervisorObserver] = list(observers)
-        self._rng = rng or random.Random()
-        self._tracker = RestartTracker(self.policy, self._rng)
-        self._life = restart_lifecycle()
-        self._changed = self._life.changed  # the one wake-up, for state and incarnation news
-        self._loop_wake = Notifier()  # the restart loop's own: an incarnation ended, a hand-over
+        rid = runner_id or self.spec.runner_id or f"runner-{os.urandom(4).hex()}"
         check_spare_fits(self.policy, self.config, self.spec)
-        self._launcher = Launcher(
-            spec=self.spec,
-            config=self.config,
-            runner_id=self.runner_id,
-            changed=self._changed,
-            spare_stage=self.policy.spare_stage,
+        self._rng = rng or random.Random()
+        life = restart_lifecycle()
+        self._changed = life.changed  # the one wake-up, for state and incarnation news
+        self._loop_wake = Notifier()  # the restart loop's own: an incarnation ended, a hand-over
+        super().__init__(
+            rid,
+            group=group,
+            life=life,
+            roster=Roster(rid, changed=self._changed, wake=self._loop_wake),
+            tracker=RestartTracker(self.policy, self._rng),
+            launcher=Launcher(
+                spec=self.spec,
+                config=self.config,
+                runner_id=rid,
+                changed=self._changed,
+                spare_stage=self.policy.spare_stage,
+            ),
         )
-        self._roster = Roster(self.runner_id, changed=self._changed, wake=self._loop_wake)
+        self._log = runner_logger(rid)  # lines about the runner, not one incarnation
+        self._host = HostStream(event_sender, rid)
+        self._observers: list[SupervisorObserver] = list(observers)
         #: every accepted host task until its one terminal status, across incarnations
         self._ledger = Ledger(
             self.runner_id,
@@ -132,8 +135,6 @@ class RestartingSupervisor(RestartingView):
         )
         #: why an incarnation refused a task outright (its `start_task` raises it)
         self._refused: dict[str, BaseException] = {}
-        self._last_failure: RunnerFailed | None = None
-        self._restart_at: float | None = None
 
     def add_observer(self, observer: SupervisorObserver) -> None:
         self._observers.append(observer)
@@ -230,8 +231,7 @@ class RestartingSupervisor(RestartingView):
             self._roster.shutdown()
             self._launcher.retire_spare()
             self._loop_wake.notify()
-            if self.group is not None:
-                self.group.member_changed()
+            self._tell_group()
         return DONE
 
     def kill(self) -> Done:
@@ -307,8 +307,7 @@ class RestartingSupervisor(RestartingView):
             for failed in self._ledger.close(error):
                 self._final_nowait(failed)
             self._life.transition(_S.GAVE_UP if self._life.state is _S.GIVING_UP else _S.FINISHED)
-            if self.group is not None:
-                self.group.member_changed()
+            self._tell_group()
 
     async def _incarnations(self) -> None:
         """The restart loop."""
@@ -430,9 +429,7 @@ class RestartingSupervisor(RestartingView):
                 await self._changed.wait_until(self._stop_waiting)
 
     def _stop_waiting(self) -> bool:
-        return self._life.state is not _S.RUNNING or (
-            self.group is not None and self.group.gave_up is not None
-        )
+        return self._life.state is not _S.RUNNING or (self.group_gave_up is not None)
 
     async def _give_up(self, reason: str) -> None:
         # In mode "never" the failure itself was the news (logged at ERROR once).
@@ -482,8 +479,7 @@ class RestartingSupervisor(RestartingView):
             await self._settle_tasks(inc)
             self._loop_wake.notify()
             self._changed.notify()
-            if self.group is not None:
-                self.group.member_changed()
+            self._tell_group()
 
     def _try_forward(self, inc: Incarnation, event: BaseEvent) -> bool:
         """The hot path, one per token: a chunk the host lacks next goes straight on,
@@ -512,8 +508,7 @@ class RestartingSupervisor(RestartingView):
             status = event.status
             if isinstance(status, RunnerReady) and inc.ready_at is None:
                 self._tracker.on_ready(inc.became_ready())
-                if self.group is not None:
-                    self.group.member_changed()
+                self._tell_group()
             elif isinstance(status, RunnerFailed) and inc.failure is None:
                 self._record_failure(inc, status)
             if inc is not self._roster.current and not isinstance(status, RunnerFailed):
@@ -606,8 +601,8 @@ class RestartingSupervisor(RestartingView):
             still_open=lambda: self._life.state.takes_tasks and not self.gave_up,
             closed_error=self._closed_error,
         )
-        if repl is not None and self.group is not None:
-            self.group.member_changed()
+        if repl is not None:
+            self._tell_group()
         return repl
 
     def _recycle(self, inc: Incarnation) -> None:
@@ -618,6 +613,11 @@ class RestartingSupervisor(RestartingView):
             self.begin_replace("recycle", None)
         elif tg is not None:
             tg.start_soon(self.group.recycle, self)
+
+    def _tell_group(self) -> None:
+        """This member started, became Ready, changed its replacement, or ended one."""
+        if self.group is not None:
+            self.group.member_changed()
 
     # ------------------------------------------- verbs its RestartGroup uses
     def stop_with_group(self, cause: str) -> None:

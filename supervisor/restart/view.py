@@ -1,7 +1,7 @@
 """What a `RestartingSupervisor` shows the outside: read-only, cheap, no system calls.
 
-Kept apart from the supervisor's logic so that each stays small; the state read
-here is owned and changed by `supervisor.restart.restarting_supervisor`.
+Kept apart from the supervisor's logic so that each stays small; the parts read
+here are made and driven by `supervisor.restart.restarting_supervisor`.
 """
 
 from __future__ import annotations
@@ -27,16 +27,34 @@ if TYPE_CHECKING:
 
 
 class RestartingView:
-    """The read-only face of a restarting supervisor."""
+    """The read-only face of a restarting supervisor, over the parts it is made of.
 
-    runner_id: str
-    group: RestartGroup | None
-    _life: StateMachine[RestartState]
-    _roster: Roster
-    _tracker: RestartTracker
-    _launcher: Launcher
-    _last_failure: RunnerFailed | None
-    _restart_at: float | None
+    It owns the record the views read: the parts (lifecycle, roster of incarnations,
+    restart tracker, launcher) are built by the supervisor and handed in once; the
+    last failure and the restart time are this record's, set by the supervisor as
+    they happen."""
+
+    def __init__(
+        self,
+        runner_id: str,
+        *,
+        group: RestartGroup | None,
+        life: StateMachine[RestartState],
+        roster: Roster,
+        tracker: RestartTracker,
+        launcher: Launcher,
+    ) -> None:
+        self.runner_id = runner_id
+        #: the group whose strategy and budget decide this runner's restarts, if any
+        self.group = group
+        self._life = life
+        self._roster = roster
+        self._tracker = tracker
+        self._launcher = launcher
+        #: the latest incarnation failure
+        self._last_failure: RunnerFailed | None = None
+        #: when the restart under way (its backoff) ends
+        self._restart_at: float | None = None
 
     @property
     def incarnation(self) -> int:
@@ -106,9 +124,14 @@ class RestartingView:
         inc = self._roster.current
         if inc is not None and isinstance(inc.decision, GiveUp):
             return inc.decision.reason
-        if self.group is not None and self.group.gave_up is not None:
-            return self.group.gave_up.reason
+        if self.group_gave_up is not None:
+            return self.group_gave_up.reason
         return None
+
+    @property
+    def group_gave_up(self) -> GiveUp | None:
+        """Its group's budget is spent (None without a group)."""
+        return None if self.group is None else self.group.gave_up
 
     @property
     def started(self) -> bool:

@@ -11,6 +11,7 @@ import pytest
 from supervisor import RestartPolicy, RunnerRestarting, RunnerSpec, SupervisorClosedError
 from supervisor.protocol import Generate, TaskStatus, TaskStatusUpdated
 from tests.support.restart_harness import (
+    poll_until,
     ready_count,
     restarting,
     running_node,
@@ -138,7 +139,7 @@ async def test_cancel_reaches_a_requeued_task() -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(submit)
-            await r.rec.wait_for(lambda: "q" in r.sup.pending)
+            await poll_until(lambda: "q" in r.sup.pending)
             os.kill(r.sup.pid or 0, signal.SIGKILL)
             # Re-queued: waiting through the 3 s backoff for the next incarnation.
             await r.rec.wait_for(lambda: bool(r.rec.of(RunnerRestarting)))

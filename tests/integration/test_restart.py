@@ -28,7 +28,7 @@ from supervisor.protocol import (
     Shutdown,
     TaskStatus,
 )
-from tests.support.restart_harness import restarting
+from tests.support.restart_harness import poll_until, restarting
 
 pytestmark = pytest.mark.anyio
 
@@ -182,7 +182,7 @@ async def test_unacknowledged_tasks_are_requeued_to_the_next_incarnation() -> No
         async with anyio.create_task_group() as tg:
             for i in range(3):
                 tg.start_soon(submit, f"q{i}")
-            await r.rec.wait_for(lambda: len(r.sup.pending) == 3)
+            await poll_until(lambda: len(r.sup.pending) == 3)
             assert acked == []
             os.kill(r.sup.pid or 0, signal.SIGKILL)
         ids = ["q0", "q1", "q2"]
@@ -213,7 +213,7 @@ async def test_without_requeue_unacknowledged_tasks_fail() -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(submit, "q0")
-            await r.rec.wait_for(lambda: len(r.sup.pending) == 1)
+            await poll_until(lambda: len(r.sup.pending) == 1)
             os.kill(r.sup.pid or 0, signal.SIGKILL)
         await r.ready(count=2)
     assert len(errors) == 1

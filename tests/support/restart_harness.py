@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -144,5 +144,15 @@ async def wait_gone(pids: list[int], within: float) -> None:
     with anyio.fail_after(within):
         for _ in iter(int, 1):  # until the deadline
             if all(pid_gone(pid) for pid in pids):
+                return
+            await anyio.sleep(0.005)
+
+
+async def poll_until(pred: Callable[[], bool], within: float = 10.0) -> None:
+    """Poll (every 5 ms) until ``pred()``: for facts no event announces, such as a task
+    written to the runner's pipe but not acknowledged (``sup.pending``)."""
+    with anyio.fail_after(within):
+        for _ in iter(int, 1):  # until the deadline
+            if pred():
                 return
             await anyio.sleep(0.005)
