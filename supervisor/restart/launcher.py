@@ -98,6 +98,18 @@ class Launcher:
         return None if spare is None or spare.done.is_set() else spare.sup.runner_pid
 
     @property
+    def has_loaded_spare(self) -> bool:
+        """A live spare that loads (or loaded) its own copy of the weights: adopting it
+        needs none of the memory a dead runner still releases."""
+        spare = self._spare
+        return (
+            spare is not None
+            and spare.drives_startup
+            and not spare.done.is_set()
+            and spare.sup.failure is None
+        )
+
+    @property
     def spare_pids(self) -> Sequence[int]:
         """Every rank's pid of the spare, in rank order (empty without one)."""
         spare = self._spare

@@ -394,8 +394,15 @@ class RestartingSupervisor(RestartingView):
         self._changed.notify()
 
     def _moves_on(self, inc: Incarnation) -> bool:
-        """The loop goes on: ``inc`` ended, or its replacement starts now (prespawn)."""
-        return inc.settled.is_set() or self._roster.hands_over(inc, self.policy.prespawn)
+        """The loop goes on: ``inc`` ended, or its successor starts now: its replacement
+        (prespawn), or a loaded spare after its failure. A failed runner's memory is
+        released after its failure is reported (`wait_released`): a new process that
+        needs it waits for the end, a loaded spare holds its own copy already."""
+        return (
+            inc.settled.is_set()
+            or self._roster.hands_over(inc, self.policy.prespawn)
+            or (inc.failure is not None and self.group is None and self._launcher.has_loaded_spare)
+        )
 
     def _start_incarnation(self) -> Incarnation:
         tg = self._roster.tg
@@ -575,6 +582,7 @@ class RestartingSupervisor(RestartingView):
         for obs in self._observers:
             obs.on_failure(self.runner_id, failure, inc.detection_latency(failure))
         self._decide(inc)
+        self._loop_wake.notify()  # a loaded spare need not wait for the release
 
     async def _flush_group(self) -> None:
         """Send the group's news (a `GroupRestarting`) right after the event that caused it."""

@@ -146,3 +146,35 @@ async def test_a_restart_waits_for_the_dead_runners_memory() -> None:
     restarted_at = next(t for t, e in r.rec.events if isinstance(e, RunnerRestarting))
     assert restarted_at >= released_at - 0.005
     assert failed_at < released_at
+
+
+async def test_a_loaded_spare_takes_over_before_the_dead_runners_memory_is_free() -> None:
+    if _available_gib() < 3 * BIG_GIB + 3:
+        pytest.skip(f"needs {3 * BIG_GIB + 3:g} GiB of free memory")
+    spec = RunnerSpec(engine="bench.memory_engine:HoldMemory", options={"gib": BIG_GIB})
+    policy = RestartPolicy(backoff_base=0.0, prespawn=True, spare_stage="loaded")
+    async with restarting(spec, policy) as r:
+        await r.ready()
+        with anyio.fail_after(60):
+            while r.sup.spare_pid is None:  # noqa: ASYNC110 - no event names the spare
+                await anyio.sleep(0.02)
+        spare = r.sup.spare_pid
+        assert spare is not None
+        with anyio.fail_after(60):  # the spare loads its own copy
+            while psutil.Process(spare).memory_info().rss < 0.9 * BIG_GIB * 2**30:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        old = r.sup.pid
+        assert old is not None
+        await _wait_sentinels(old)
+        pidfd = os.pidfd_open(old)
+        try:
+            os.kill(old, signal.SIGKILL)
+            await r.rec.wait_for(lambda: bool(r.rec.of(RunnerRestarting)), within=10)
+            # the spare took over while the dead runner still tore its memory down
+            assert not select.select([pidfd], [], [], 0)[0]
+            await anyio.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+        with anyio.fail_after(10):
+            while r.sup.pid != spare:  # noqa: ASYNC110 - the adoption has no event of its own
+                await anyio.sleep(0.02)
