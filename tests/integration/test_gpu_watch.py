@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import anyio
 import pytest
+from loguru import logger
 
 from supervisor import RunnerSpec, SupervisorConfig
 from supervisor.cli import main
@@ -161,7 +162,13 @@ def test_cli_watch_gpus_without_a_gpu_logs_one_line_and_runs() -> None:
 
 
 def test_cli_gpu_memory_limit_needs_the_watcher(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["run", "--gpu-memory-limit", "8G", "hi"]) == 2
+    try:
+        assert main(["run", "--gpu-memory-limit", "8G", "hi"]) == 2
+    finally:
+        # main() pointed loguru at this test's captured stderr, which closes after the test:
+        # later tests' log lines would each raise "I/O operation on closed file".
+        logger.remove()
+        logger.add(lambda message: sys.stderr.write(message))
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["runner-supervisor: error: --gpu-memory-limit needs --watch-gpus"]
 
