@@ -11,6 +11,7 @@ ALLOWED = {"supervisor", "supervisor.protocol", "supervisor.config", "supervisor
 PROBE = """
 import json, sys
 import runners.bootstrap, runners.runner, runners.keeper, runners.heartbeat, runners.chaos
+import runners.deathwatch
 import runners.engines
 import supervisor.ipc.spawn_args, supervisor.ipc.wire, supervisor.ipc.shared
 import supervisor.ipc.proctree
