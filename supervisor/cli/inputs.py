@@ -57,6 +57,10 @@ def _unicode(where: str, text: str) -> str:
     return text
 
 
+#: Task fields only the supervisor sets (a resumed task's delivered text).
+SUPERVISOR_FIELDS = frozenset({"resume_from"})
+
+
 def _coerce(kind: str, name: str, hint: Any, value: Any) -> Any:
     """Check one JSON value against a task field's annotation, strictly."""
     where = f"{kind}.{name}"
@@ -68,6 +72,14 @@ def _coerce(kind: str, name: str, hint: Any, value: Any) -> Any:
         # JSON true/false are Python bools, which are ints: refuse them explicitly.
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{where} must be an integer, got {type(value).__name__}")
+        return value
+    choices = [a for a in typing.get_args(hint) if typing.get_origin(a) is typing.Literal]
+    if choices:  # e.g. Generate.recovery: one of the choices, or null where None is allowed
+        allowed = typing.get_args(choices[0])
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        if value not in allowed or not isinstance(value, str):
+            raise ValueError(f"{where} must be one of {', '.join(map(str, allowed))}")
         return value
     if typing.get_origin(hint) is tuple and typing.get_args(hint) == (str, ...):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -88,7 +100,7 @@ def parse_task(obj: Any, *, default_task_id: str, max_tokens: int) -> BaseTask:
         raise ValueError(f"unknown task type {kind!r} (known: {', '.join(TASK_KINDS)})")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
-    unknown = sorted(set(obj) - known - {"type"})
+    unknown = sorted(set(obj) - known - {"type"} | (set(obj) & SUPERVISOR_FIELDS))
     if unknown:
         raise ValueError(f"unknown field(s) for {kind}: {', '.join(map(_shown, unknown))}")
     values: dict[str, Any] = {}

@@ -50,6 +50,7 @@ from supervisor.protocol import (
     Detector,
     EmbeddingGenerated,
     FailureReason,
+    Generate,
     LoadModel,
     RunnerFailed,
     RunnerReady,
@@ -166,6 +167,8 @@ class RestartingSupervisor(RestartingView):
                 "RestartingSupervisor drives LoadModel and Warmup itself, for every incarnation"
             )
         validate_task(task, self.config.max_task_bytes)
+        if isinstance(task, Generate) and task.resume_from:
+            raise ValueError("Generate.resume_from is set by the supervisor when it resumes a task")
         self.check_open()
         tid = task.task_id
         entry = self._ledger.accept(task)

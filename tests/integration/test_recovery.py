@@ -206,3 +206,13 @@ async def test_a_one_for_all_restart_resumes_every_members_generation() -> None:
     resumed = {e.task_id: e for e in rec.of(TaskRecovered)}
     assert set(resumed) == {t.task_id for t in tasks.values()}  # the stopped sibling's too
     assert all(e.mode == "resume" and e.from_index >= 5 for e in resumed.values())
+
+
+async def test_only_the_supervisor_sets_where_a_task_resumes() -> None:
+    async with restarting() as r:
+        await r.ready()
+        forged = Generate(task_id="f", prompt="a b", max_tokens=4, resume_from=("a ",))
+        with pytest.raises(ValueError, match="resume_from"):
+            await r.sup.start_task(forged)
+        await r.sup.start_task(Generate(task_id="f", prompt="a b", max_tokens=4))  # not taken
+        await r.rec.wait_for(lambda: r.rec.terminal("f") == [TaskStatus.Complete])

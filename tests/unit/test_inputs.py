@@ -203,3 +203,20 @@ def test_typed_fields_of_every_kind(kind: str, n: int, text: str, texts: list[st
 def test_any_non_negative_integer_that_json_can_carry_is_a_max_tokens(n: int) -> None:
     task = parse(f'{{"type": "Generate", "max_tokens": {n}}}')
     assert task == Generate(task_id="line-7", max_tokens=n)
+
+
+def test_a_task_chooses_its_recovery_but_never_its_resume_point() -> None:
+    task = parse_line(
+        '{"type": "Generate", "prompt": "a", "recovery": "resume"}', line=1, max_tokens=4
+    )
+    assert isinstance(task, Generate)
+    assert task.recovery == "resume"
+    embed = parse_line('{"type": "Embed", "texts": ["x"], "recovery": null}', line=2, max_tokens=4)
+    assert isinstance(embed, Embed)
+    assert embed.recovery is None
+    bad = parse_line('{"type": "Generate", "recovery": "twice"}', line=3, max_tokens=4)
+    assert isinstance(bad, InputError)
+    assert "recovery must be one of fail, replay, resume" in str(bad)
+    forged = parse_line('{"type": "Generate", "resume_from": ["a "]}', line=4, max_tokens=4)
+    assert isinstance(forged, InputError)
+    assert "resume_from" in str(forged)
