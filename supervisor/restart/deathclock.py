@@ -36,14 +36,22 @@ def detection_latency(
 ) -> float | None:
     """Failure emitted minus the best estimate of when the runner died or froze.
 
-    Deaths: the exit time (``exited_at``). Freezes: the heartbeat's age at the
+    Deaths: the exit time (``exited_at``), or when the runner was seen dying if it
+    was reported before its exit. Freezes: the heartbeat's age at the
     report. Wedges, probe failures and internal errors have no death time: None.
     """
-    if sup.failed_at is None:
+    failed_at = sup.failed_at
+    if failed_at is None:
         return None
-    if failure.reason in _DEATHS and exited_at is not None and exited_at <= sup.failed_at:
+    if failure.reason in _DEATHS:
         # (an exit after the report is our own kill of a live runner: no death time)
-        return sup.failed_at - exited_at
+        if exited_at is not None and exited_at <= failed_at:
+            return failed_at - exited_at
+        # A runner reported while still dying (the early death signal, before its
+        # memory is torn down) has not exited yet: it died when it was seen dying.
+        dying_at = sup.dying_at
+        if dying_at is not None and dying_at <= failed_at:
+            return failed_at - dying_at
     if failure.reason == "unresponsive" and sup.heartbeat_age is not None:
         return sup.heartbeat_age
     return None

@@ -282,6 +282,13 @@ class RestartTracker:
             return p.backoff_cap
         return min(p.backoff_cap, p.backoff_base * p.backoff_factor**exponent)
 
+    def next_backoff(self) -> float:
+        """The longest delay the next restart may wait (jitter included), before the
+        incarnation's end is decided: what Retry-After promises while a failed runner
+        is still being torn down."""
+        longest = self.backoff(self.consecutive) * (1 + self.policy.jitter)
+        return min(self.policy.backoff_cap, longest)
+
     def jittered(self, delay: float) -> float:
         j = self.policy.jitter
         if delay == 0 or j == 0:

@@ -184,9 +184,13 @@ class RestartingView:
     @property
     def retry_after(self) -> float | None:
         """Seconds left of the restart backoff, while one is under way."""
-        if self._restart_at is None:
-            return None
-        return max(0.0, self._restart_at - time.monotonic())
+        if self._restart_at is not None:
+            return max(0.0, self._restart_at - time.monotonic())
+        if self.phase == "restarting":
+            # Failed, but the end is not decided yet (the dead runner's memory is still
+            # being released): the backoff to come is the best estimate.
+            return self._tracker.next_backoff()
+        return None
 
     def health(self) -> RunnerHealth:
         rss = self.resources

@@ -253,3 +253,15 @@ def test_any_history_keeps_the_policy_promises(
             break
         now += decision.delay
     assert t.restarts == len(granted)
+
+
+def test_next_backoff_bounds_the_delay_the_next_restart_gets() -> None:
+    policy = RestartPolicy(
+        backoff_base=0.5, backoff_factor=2.0, backoff_cap=3.0, jitter=0.2, max_restarts=10
+    )
+    tracker = RestartTracker(policy, random.Random(7))
+    for _ in range(6):
+        promised = tracker.next_backoff()
+        decision = tracker.on_end(100.0, failed=True, reached_ready=True)
+        assert isinstance(decision, Restart)
+        assert decision.delay <= promised <= policy.backoff_cap
