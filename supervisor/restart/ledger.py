@@ -143,12 +143,15 @@ class Ledger:
         self.max_task_attempts = max_task_attempts
         self.requeue_unacknowledged = requeue_unacknowledged
         self._open: dict[str, Entry] = {}
-        self._done: OrderedDict[str, Entry] = OrderedDict()
+        #: ids finished recently, to refuse a reused one (ids only: a finished task's
+        #: prompt is not kept; its caller holds its `Entry` while it waits)
+        self._done: OrderedDict[str, None] = OrderedDict()
         self._waiting: dict[str, None] = {}  # an ordered set: checked on every event
 
     # ------------------------------------------------------------------ views
     def get(self, task_id: str) -> Entry | None:
-        return self._open.get(task_id) or self._done.get(task_id)
+        """The open task ``task_id`` (None once it has its terminal status)."""
+        return self._open.get(task_id)
 
     def waiting(self) -> list[str]:
         """Tasks waiting for an incarnation, in the order they started waiting."""
@@ -411,7 +414,7 @@ class Ledger:
         entry.delivered = []
         entry.held = None
         self._open.pop(tid, None)
-        self._done[tid] = entry
+        self._done[tid] = None
         if len(self._done) > RECENT_IDS:
             self._done.popitem(last=False)
         return TaskStatusUpdated(tid, status, error)

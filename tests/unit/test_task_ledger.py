@@ -112,6 +112,7 @@ def test_replay_sends_no_index_twice_and_compares_what_it_regenerates() -> None:
     assert not any(isinstance(e, TaskStatusUpdated) for e in again)  # Running: old news
     done = ledger.status(2, TaskStatusUpdated("a", TaskStatus.Complete), ending=False)
     assert done == TaskStatusUpdated("a", TaskStatus.Complete)
+    assert ledger.get("a") is None  # nothing of a finished task is kept but its id
 
 
 def test_a_replay_that_regenerates_something_else_fails_as_diverged() -> None:
