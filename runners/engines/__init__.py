@@ -34,6 +34,17 @@ def resolve_engine(name: str) -> EngineFactory:
     return factory  # type: ignore[no-any-return]
 
 
+def engine_supports_resume(name: str) -> bool:
+    """Whether engine ``name`` declares ``supports_resume``, read off its factory
+    without making an engine (the host asks before it resumes a task there). False
+    when the factory cannot be resolved: the runner reports that itself."""
+    try:
+        factory = resolve_engine(name)
+    except Exception:  # noqa: BLE001 - a bad engine fails in its runner, not here
+        return False
+    return getattr(factory, "supports_resume", False) is True
+
+
 def create_engine(name: str, options: Mapping[str, Any]) -> Engine:
     engine = resolve_engine(name)(options)
     if not isinstance(engine, Engine):
@@ -45,6 +56,7 @@ __all__ = [
     "BUILTIN_ENGINES",
     "EchoEngine",
     "Engine",
+    "engine_supports_resume",
     "EngineContext",
     "TaskError",
     "create_engine",

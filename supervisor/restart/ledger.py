@@ -30,7 +30,7 @@ import dataclasses
 import enum
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Literal
 
 from supervisor.core.statemachine import StateMachine
@@ -237,10 +237,14 @@ class Ledger:
         return self._finish(entry, TaskStatus.Failed, error)
 
     # ------------------------------------------------------- hand-over
-    def hand_over(self, task_id: str, number: int) -> tuple[BaseTask, TaskRecovered | None]:
+    def hand_over(
+        self, task_id: str, number: int, *, can_resume: Callable[[], bool] = lambda: True
+    ) -> tuple[BaseTask, TaskRecovered | None]:
         """Give a waiting task to incarnation ``number``: the task to send (with
         ``resume_from`` when it resumes) and, for a later incarnation than its first,
-        the `TaskRecovered` to emit."""
+        the `TaskRecovered` to emit. ``can_resume()`` (asked only when a task would
+        resume): the engine declares ``supports_resume``; without it the task is
+        replayed, and its `TaskRecovered` says so."""
         entry = self._open[task_id]
         entry.life.transition(Stage.HANDED)
         self._waiting.pop(task_id, None)
@@ -253,7 +257,12 @@ class Ledger:
         if not entry.acked:
             mode: Literal["requeue", "replay", "resume"] = "requeue"
             from_index = 0
-        elif entry.mode == "resume" and isinstance(task, Generate) and entry.delivered:
+        elif (
+            entry.mode == "resume"
+            and isinstance(task, Generate)
+            and entry.delivered
+            and can_resume()
+        ):
             mode = "resume"
             from_index = entry.next_index
             task = dataclasses.replace(task, resume_from=tuple(entry.delivered))

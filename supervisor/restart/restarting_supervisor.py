@@ -31,6 +31,7 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectSendStream
 
+from runners.engines import engine_supports_resume
 from supervisor.config import RunnerSpec, SupervisorConfig
 from supervisor.core.done import DONE, Done
 from supervisor.core.host_stream import HostStream
@@ -136,6 +137,7 @@ class RestartingSupervisor(RestartingView):
         )
         #: why an incarnation refused a task outright (its `start_task` raises it)
         self._refused: dict[str, BaseException] = {}
+        self._resumes: bool | None = None  # the engine's supports_resume, once asked
 
     def add_observer(self, observer: SupervisorObserver) -> None:
         self._observers.append(observer)
@@ -365,7 +367,9 @@ class RestartingSupervisor(RestartingView):
         """Give waiting task ``task_id`` to incarnation ``inc`` (which takes tasks): the
         one hand-over verb, for new tasks and recovered ones alike. A `TaskRecovered`
         goes out first when ``inc`` is not the task's first incarnation."""
-        task, recovered = self._ledger.hand_over(task_id, inc.number)
+        task, recovered = self._ledger.hand_over(
+            task_id, inc.number, can_resume=self._engine_resumes
+        )
         if recovered is not None:
             self._log.info(
                 "runner {}: task {} {} on incarnation {} from index {}",
@@ -379,6 +383,14 @@ class RestartingSupervisor(RestartingView):
         if isinstance(task, Shutdown):
             inc.shutting_down()
         tg.start_soon(self._deliver, inc, task)
+
+    def _engine_resumes(self) -> bool:
+        """Whether the engine declares ``supports_resume`` (read once, off its factory,
+        without starting it): a task to resume on an engine that cannot is replayed,
+        and its `TaskRecovered` says ``replay``."""
+        if self._resumes is None:
+            self._resumes = engine_supports_resume(self.spec.engine)
+        return self._resumes
 
     async def _deliver(self, inc: Incarnation, task: BaseTask) -> None:
         sup = inc.sup

@@ -165,6 +165,22 @@ async def test_a_poison_task_costs_max_task_attempts_deaths_and_no_bystander(
     assert not r.rec.of(SupervisorGaveUp)
 
 
+async def test_resume_on_an_engine_without_resume_support_is_a_replay_and_says_so() -> None:
+    spec = RunnerSpec(engine=f"{ENGINES}:ReplayOnlyEngine", options={"token_delay": 0.02})
+    policy = RestartPolicy(backoff_base=0.0, task_recovery="resume")
+    task = Generate(task_id="g", prompt="one two three four five", max_tokens=30)
+    async with restarting(spec, policy) as r:
+        await r.ready()
+        await r.sup.start_task(task)
+        await r.rec.wait_for(lambda: len(r.rec.chunks("g")) >= 3)
+        await kill_runner(r)
+        await r.rec.wait_for(lambda: bool(r.rec.terminal("g")), within=30)
+    assert r.rec.terminal("g") == [TaskStatus.Complete]
+    assert exact(r, task)
+    (event,) = recovered(r, "g")
+    assert (event.mode, event.from_index) == ("replay", 0)
+
+
 async def test_a_replay_that_regenerates_other_tokens_fails_as_diverged() -> None:
     spec = RunnerSpec(engine=f"{ENGINES}:CoinEngine", options={"token_delay": 0.02})
     policy = RestartPolicy(backoff_base=0.0, task_recovery="resume")  # falls back to replay
