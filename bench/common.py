@@ -167,14 +167,15 @@ class Watched:
         the part of the latency that no supervisor can remove."""
         exited: list[float] = []
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_exited_at, os.pidfd_open(self.pid), exited)
+            tg.start_soon(exited_at, os.pidfd_open(self.pid), exited)
             await anyio.lowlevel.checkpoint()
             t0 = self.sigkill()
             failed = await self.wait_failed(within)
         return failed - t0, exited[0] - t0
 
 
-async def _exited_at(pidfd: int, out: list[float]) -> None:
+async def exited_at(pidfd: int, out: list[float]) -> None:
+    """Append when ``pidfd`` turns readable (its process exited) to ``out``; closes it."""
     try:
         await anyio.wait_readable(pidfd)
         out.append(time.monotonic())

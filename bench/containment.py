@@ -23,7 +23,7 @@ from pathlib import Path
 import anyio
 import psutil
 
-from bench.common import Mode, fleet, progress, run_async
+from bench.common import Mode, exited_at, fleet, progress, run_async
 from bench.report import Row, Section, Stats, fmt, ratio
 from supervisor import RunnerSpec, SupervisorConfig
 from supervisor.config import ContainmentMode
@@ -76,7 +76,7 @@ async def kills(
                 top = w.pid if containment == "group" else psutil.Process(w.pid).ppid()
                 gone: list[float] = []
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(_exited_at, os.pidfd_open(top), gone)
+                    tg.start_soon(exited_at, os.pidfd_open(top), gone)
                     failed, exited = await w.kill_and_time()
                 seen.append(failed)
                 floor.append(exited)
@@ -85,14 +85,6 @@ async def kills(
                 detectors[w.failure.detected_by] += 1
         progress(f"containment: {containment} kills {len(seen)}/{reps}")
     return seen, floor, tree, detectors
-
-
-async def _exited_at(pidfd: int, out: list[float]) -> None:
-    try:
-        await anyio.wait_readable(pidfd)
-        out.append(time.monotonic())
-    finally:
-        os.close(pidfd)
 
 
 def host_kill(tmp: Path, containment: str) -> tuple[float, int]:

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from dataclasses import dataclass, field
 from functools import partial
 
 import anyio
 
 from bench import gates
-from bench.common import Mode, fleet, progress, run_async
+from bench.common import Mode, exited_at, fleet, progress, run_async
 from bench.report import Row, Section, Stats, fmt, ratio
 from supervisor import RestartingSupervisor, RestartPolicy, RunnerSpec, SupervisorConfig
 from supervisor.protocol import BaseEvent, RunnerFailed, RunnerReady, RunnerStatusUpdated
@@ -36,14 +35,6 @@ class Samples:
     mttr: list[float] = field(default_factory=list)
     detect: list[float] = field(default_factory=list)
     exit: list[float] = field(default_factory=list)
-
-
-async def _exited_at(pidfd: int, out: list[float]) -> None:
-    try:
-        await anyio.wait_readable(pidfd)
-        out.append(time.monotonic())
-    finally:
-        os.close(pidfd)
 
 
 async def restarts(stage: SpareStage | None, reps: int) -> Samples:
@@ -92,7 +83,7 @@ async def restarts(stage: SpareStage | None, reps: int) -> Samples:
                     await anyio.sleep(0.1)  # nothing reports the end of its imports
             exited: list[float] = []
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_exited_at, os.pidfd_open(w.pid), exited)
+                tg.start_soon(exited_at, os.pidfd_open(w.pid), exited)
                 await anyio.lowlevel.checkpoint()
                 t0 = w.sigkill()
                 await w.wait(lambda n=i + 2: len(readies) >= n, within=60)  # type: ignore[misc]
