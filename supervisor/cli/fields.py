@@ -27,7 +27,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -126,6 +126,13 @@ def _show_default(value: Any) -> str:
 
 
 # ------------------------------------------------------------------ flag sets
+class ArgumentAdder(Protocol):
+    """What `FlagSet.add_to` needs of a parser or of an argument group: argparse names
+    the group's class only privately, so this says the one verb it uses."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action: ...
+
+
 @dataclass(frozen=True)
 class FlagSet(Generic[T]):
     """The flags of one dataclass, and the instance they ask for.
@@ -176,7 +183,7 @@ class FlagSet(Generic[T]):
             str(text),
         )
 
-    def add_to(self, group: argparse._ArgumentGroup) -> None:
+    def add_to(self, group: ArgumentAdder) -> None:
         """One flag per field."""
         for f, hint in self.fields():
             flag, help_text, default = self.flag(f.name), self.help(f), self.default(f)

@@ -10,13 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2] / "supervisor"
 
 #: ``x._name`` uses that cannot be avoided, as (module, expression) pairs, each with why.
-KNOWN: frozenset[tuple[str, str]] = frozenset(
-    {
-        # argparse's `add_argument_group` returns an `_ArgumentGroup` and exports no public
-        # name for its type: the annotation has to name the private class.
-        ("cli/fields.py", "argparse._ArgumentGroup"),
-    }
-)
+KNOWN: frozenset[tuple[str, str]] = frozenset()
 
 #: Underscore names that are documented public API: ``os._exit``, namedtuple's methods.
 PUBLIC_PRIVATES = frozenset({"_exit", "_asdict", "_replace", "_fields"})
