@@ -207,9 +207,18 @@ class DeathWatch:
 
     def exitcode_now(self) -> int | None:
         """The runner's exit code if the kernel or its keeper already tells it, without
-        waiting for its memory to go or its keeper to exit; None if neither does yet."""
+        waiting for its memory to go or its keeper to exit; None if neither does yet.
+
+        A code found here (another detector, e.g. the event channel's EOF, came
+        first) also dates the death: `dying_at` is set if the watch had not yet."""
         if self.exitcode is not None:
             return self.exitcode
+        code = self._read_exitcode()
+        if code is not None and self.dying_at is None:
+            self.dying_at = time.monotonic()
+        return code
+
+    def _read_exitcode(self) -> int | None:
         proc = self._proc
         status = proc.shared.runner_status  # its keeper reaped it
         if status is not None:
