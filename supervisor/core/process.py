@@ -63,6 +63,7 @@ class RunnerProcess:
         *,
         containment: Layer = "group",
         cgroup: RunnerCgroup | None = None,
+        eager_tree: bool = True,
     ) -> None:
         self.process = process
         self.events = events
@@ -84,10 +85,13 @@ class RunnerProcess:
         if containment == "group":
             self._runner_pid, self._runner_fd = pid, self._process_fd
         self.closed = False
-        #: the tree's /proc files kept open: walked at every poll
+        #: the tree's /proc files kept open: walked at the polls (each one under a memory_limit)
         self._walk = TreeWalk()
         self.reader = TreeReader(
-            lambda: self.pid, self._others, cgroup.memory if cgroup is not None else None
+            lambda: self.pid,
+            self._others,
+            cgroup.memory if cgroup is not None else None,
+            eager=eager_tree,
         )
         _live.add(self)
 
@@ -161,6 +165,7 @@ class RunnerProcess:
             args.shared,
             containment=layer,
             cgroup=cgroup,
+            eager_tree=config.memory_limit is not None,
         )
 
     # ------------------------------------------------------------ the runner

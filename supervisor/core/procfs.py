@@ -49,8 +49,14 @@ class ProcReader:
 
     def stat(self) -> tuple[str, float] | None:
         """(psutil-style status, user+system CPU seconds)."""
+        read = self.read()
+        return None if read is None else (read[0], read[1])
+
+    def read(self) -> tuple[str, float, int] | None:
+        """(psutil-style status, user+system CPU seconds, RSS bytes): one ``pread``
+        of ``stat``, whose ``rss`` field is the resident count ``statm`` gives."""
         if self._stat is None:
-            return self._psutil_stat()
+            return self._psutil_read()
         try:
             data = os.pread(self._stat, 1024, 0)
         except OSError:  # ESRCH: the process was reaped
@@ -60,7 +66,7 @@ class ProcReader:
         # "pid (comm) S ppid ...": comm may hold spaces and parentheses
         fields = data[data.rindex(b")") + 2 :].split()
         state = _STATES.get(fields[0].decode(), fields[0].decode())
-        return state, (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        return state, (int(fields[11]) + int(fields[12])) / _CLK_TCK, int(fields[21]) * _PAGE
 
     def rss(self) -> int | None:
         if self._statm is None:
@@ -78,13 +84,14 @@ class ProcReader:
             return None
         return int(data.split()[1]) * _PAGE
 
-    def _psutil_stat(self) -> tuple[str, float] | None:
+    def _psutil_read(self) -> tuple[str, float, int] | None:
         if self._psutil is None:
             return None
         try:
             with self._psutil.oneshot():
                 cpu = self._psutil.cpu_times()
-                return str(self._psutil.status()), cpu.user + cpu.system
+                rss = int(self._psutil.memory_info().rss)
+                return str(self._psutil.status()), cpu.user + cpu.system, rss
         except psutil.Error:
             return None
 

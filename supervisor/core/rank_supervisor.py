@@ -462,7 +462,12 @@ class RankSupervisor:
             self._oom.note(pid)
             return False
 
-        await ticker.every(self.config.poll_interval, note)  # with the polls: no timer of its own
+        try:
+            await ticker.every(
+                self.config.poll_interval, note
+            )  # with the polls: no timer of its own
+        finally:
+            self._oom.close()
 
     async def _escalate_stop(self) -> None:
         await self._stop_changed.wait_until(lambda: self._stop is not Stop.NONE)

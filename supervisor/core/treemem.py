@@ -7,7 +7,9 @@ copy-on-write pages are the runner's, counted once, in the runner. Where the cgr
 layer has the memory controller, the cgroup's own accounting replaces the sum.
 
 The runner itself costs one ``statm`` read as before; only its children are walked
-(``smaps_rollup``), and no more often than a CPU budget allows.
+(``smaps_rollup``), and no more often than a CPU budget allows. Without a
+``memory_limit`` nothing acts on the children's memory at once (a gauge, the recycle
+counter): the walk then runs every `MAX_AGE` seconds, not at every poll.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ class TreeReader:
     Under a keeper the runner's pid is known only once the runner wrote it, so the
     readings follow ``target()`` (the keeper's pid until then). ``others()`` lists the
     tree's other live processes (neither keeper nor runner); ``cgroup_memory()``, where
-    given and not None, replaces the sum.
+    given and not None, replaces the sum. ``eager``: walk the tree at every reading
+    the CPU budget allows (a ``memory_limit`` is enforced on it); otherwise at most
+    every `MAX_AGE` seconds.
     """
 
     def __init__(
@@ -39,11 +43,14 @@ class TreeReader:
         others: Callable[[], list[int]],
         cgroup_memory: Callable[[], int | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        eager: bool = True,
     ) -> None:
         self._target = target
         self._others = others
         self._cgroup_memory = cgroup_memory
         self._clock = clock
+        self._min_age = 0.0 if eager else MAX_AGE
         self._reader = ProcReader(target())
         self._children = 0
         self._due = 0.0
@@ -69,11 +76,22 @@ class TreeReader:
     def stat(self) -> tuple[str, float] | None:
         return self._current().stat()
 
+    def read(self) -> tuple[str, float, int] | None:
+        """(status, CPU seconds) of the runner and the tree's memory, in one reading
+        of the runner; None once it is gone."""
+        own = self._current().read()
+        if own is None:
+            return None
+        return own[0], own[1], self._tree(own[2])
+
     def rss(self) -> int | None:
         """The tree's memory in bytes; None once the runner is gone."""
         own = self._current().rss()
-        if own is None:
-            return None
+        return None if own is None else self._tree(own)
+
+    def _tree(self, own: int) -> int:
+        """``own`` (the runner's RSS) plus the other processes' private memory, or the
+        cgroup's own figure where it keeps one."""
         if self._cgroup_memory is not None:
             total = self._cgroup_memory()
             if total is not None:
@@ -86,7 +104,7 @@ class TreeReader:
             self.descendants = self._others()
             self._children = sum(_private(p) for p in self.descendants)
             spent = time.thread_time() - started
-            self._due = now + min(spent / CPU_BUDGET, MAX_AGE)
+            self._due = now + max(self._min_age, min(spent / CPU_BUDGET, MAX_AGE))
         return own + self._children
 
     def close(self) -> None:

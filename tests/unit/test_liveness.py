@@ -241,6 +241,9 @@ class FakeReader:
         r = self.readings.pop(0)
         return None if r is None else r[2]
 
+    def read(self) -> tuple[str, float, int] | None:
+        return self.readings.pop(0)
+
 
 def test_resource_meter_cpu_percent_from_successive_readings() -> None:
     reader = FakeReader([("R", 1.0, 100), ("R", 1.5, 200), ("R", 1.5, 300)])

@@ -1,9 +1,10 @@
-"""The kernel's OOM evidence: cgroup and vmstat counters, kernel log records (no
-processes: fake /proc trees and records)."""
+"""The kernel's OOM evidence: cgroup and vmstat counters, kernel log records (fake
+/proc trees and records; one real child for the kept-open cgroup file)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,21 @@ def test_the_kernel_log_is_read_from_its_start_on_only(tmp_path: Path) -> None:
     missing = kmsg.KernelLog(str(tmp_path / "absent"))
     missing.start()
     assert (missing.readable, missing.oom_lines({1}, 0.0)) == (False, None)
+
+
+def test_the_kept_open_cgroup_file_reads_like_a_fresh_open_until_the_process_is_gone() -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    file = memcg.ProcCgroupFile(child.pid)
+    try:
+        first = file.read()
+        assert first is not None
+        assert first == memcg.proc_cgroup(child.pid)
+        assert file.read() == first  # read again from the start, not where the last ended
+    finally:
+        child.kill()
+        child.wait()
+    assert file.read() is None  # reaped: the fd names the dead process, never a new one
+    file.close()
+    file.close()
+    assert file.read() is None
+    assert memcg.ProcCgroupFile(2**22 + 12345).read() is None  # never there

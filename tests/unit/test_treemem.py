@@ -7,7 +7,7 @@ import os
 
 from supervisor.core.detection.liveness import ResourceMeter
 from supervisor.core.procfs import ProcReader, uss
-from supervisor.core.treemem import TreeReader
+from supervisor.core.treemem import MAX_AGE, TreeReader
 
 
 class Clock:
@@ -94,3 +94,47 @@ def test_gone_runner_reads_none() -> None:
         assert reader.stat() is None
     finally:
         reader.close()
+
+
+def test_without_a_memory_limit_the_tree_is_walked_only_every_max_age() -> None:
+    me = os.getpid()
+    calls: list[int] = []
+
+    def others() -> list[int]:
+        calls.append(1)
+        return []  # a cheap walk: an eager reader would walk again at the next reading
+
+    clock = Clock()
+    eager = TreeReader(lambda: me, others, clock=clock)
+    lazy = TreeReader(lambda: me, others, clock=clock, eager=False)
+    try:
+        eager.rss()
+        clock.now += 1.0
+        eager.rss()
+        assert len(calls) == 2
+        calls.clear()
+        assert lazy.read() is not None
+        assert len(calls) == 1  # the first reading walks
+        clock.now += MAX_AGE - 0.5
+        lazy.read()
+        assert len(calls) == 1
+        clock.now += 1.0
+        lazy.read()
+        assert len(calls) == 2
+    finally:
+        eager.close()
+        lazy.close()
+
+
+def test_one_reading_gives_state_cpu_and_the_same_rss_as_statm() -> None:
+    own = ProcReader(os.getpid())
+    try:
+        read, stat, rss = own.read(), own.stat(), own.rss()
+        assert read is not None
+        assert stat is not None
+        assert rss is not None
+        assert read[0] == stat[0] == "running"
+        assert 0 <= stat[1] - read[1] < 1.0
+        assert abs(read[2] - rss) < 8 << 20
+    finally:
+        own.close()

@@ -31,6 +31,10 @@ class Readings(Protocol):
 
     def rss(self) -> int | None: ...
 
+    def read(self) -> tuple[str, float, int] | None:
+        """``stat`` and ``rss`` in one reading."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ProcessSample:
@@ -55,12 +59,10 @@ class ResourceSample:
 
 def sample_process(proc: Readings) -> ProcessSample | None:
     """One cheap reading; ``None`` if the process is gone."""
-    stat = proc.stat()
-    if stat is None:
+    read = proc.read()
+    if read is None:
         return None
-    return ProcessSample(
-        status=stat[0], cpu_time=stat[1], rss=proc.rss() or 0, when=time.monotonic()
-    )
+    return ProcessSample(status=read[0], cpu_time=read[1], rss=read[2], when=time.monotonic())
 
 
 def is_stopped(sample: ProcessSample) -> bool:
@@ -227,16 +229,16 @@ class ResourceMeter:
         self._cpu: tuple[int, float, float] | None = None
 
     def sample(self) -> ResourceSample | None:
-        stat = self._proc.stat()
-        pid = self._proc.pid  # after stat: a keeper's reader turns to the runner once
-        rss = self._proc.rss()
-        if stat is None or rss is None:
+        read = self._proc.read()
+        pid = self._proc.pid  # after the read: a keeper's reader turns to the runner once
+        if read is None:
             return None
+        _, cpu, rss = read
         now = time.monotonic()
         pct = 0.0
         if self._cpu is not None and self._cpu[0] == pid and now > self._cpu[2]:
-            pct = 100.0 * (stat[1] - self._cpu[1]) / (now - self._cpu[2])
-        self._cpu = (pid, stat[1], now)
+            pct = 100.0 * (cpu - self._cpu[1]) / (now - self._cpu[2])
+        self._cpu = (pid, cpu, now)
         return ResourceSample(
             rss=rss, cpu_percent=pct, when=now, descendants=self._proc.descendant_count
         )

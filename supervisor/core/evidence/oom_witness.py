@@ -72,6 +72,7 @@ class OomWitness:
         self._system_base = memcg.system_oom_kills(proc)
         self._mounts: str | None = None
         self._seen: str | None = None  # the /proc/PID/cgroup text last taken
+        self._file: memcg.ProcCgroupFile | None = None  # that file, kept open
         self._cgroup: memcg.MemoryCgroup | None = None
         self._cgroup_base: int | None = None
 
@@ -84,8 +85,14 @@ class OomWitness:
         """Read live ``pid``'s memory cgroup; a new one's counter becomes the baseline.
 
         Cheap (one small /proc read while the cgroup stays the same): called at each
-        poll so that a runner moved into another cgroup is followed."""
-        text = memcg.proc_cgroup(pid, self._proc)
+        poll so that a runner moved into another cgroup is followed; `close` lets
+        go of the file kept open for it."""
+        file = self._file
+        if file is None or file.pid != pid:
+            if file is not None:
+                file.close()
+            file = self._file = memcg.ProcCgroupFile(pid, self._proc)
+        text = file.read()
         if text is None or text == self._seen:
             return  # gone, or where it was: the usual case, one small read
         if self._mounts is None:  # long, and cgroup mounts do not move under a host
@@ -97,6 +104,12 @@ class OomWitness:
         self._seen = text
         if cgroup != self._cgroup:
             self._cgroup, self._cgroup_base = cgroup, cgroup.oom_kills()
+
+    def close(self) -> None:
+        """Close the cgroup file `note` keeps open (noting again reopens it)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def collect(self) -> OomEvidence:
         """The counters' increase since the runner was seen alive (two small reads)."""
