@@ -155,7 +155,8 @@ def run(mode: Mode) -> Section:
         "SupervisorConfig (is_alive poll and resource sample every 1 s, heartbeat check every "
         "0.5 s, all on one shared ticker per event loop; the progress watch sleeps while "
         "idle). The runners' own idle CPU is the sum of utime+stime of the runner processes "
-        "(their heartbeat threads, beating every 0.4 s) over the same window.",
+        f"(their heartbeat threads, beating every {SupervisorConfig().beat_interval:g} s) over "
+        "the same window.",
         "Start-up (spawn + LoadModel + Warmup of all runners at once): "
         + ", ".join(f"{p.n}: {fmt(p.startup, 's')}" for p in points)
         + ".",

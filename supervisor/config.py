@@ -12,8 +12,13 @@ ContainmentMode = Literal["auto", "cgroup", "keeper", "group"]
 CONTAINMENT_MODES: tuple[str, ...] = get_args(ContainmentMode)
 #: Most rank processes one logical runner may have (one host's worth, with room).
 MAX_WORLD_SIZE = 256
-#: The runner beats every this share of `heartbeat_check_interval` unless told otherwise.
-HEARTBEAT_SHARE = 0.8
+#: Unless told otherwise the runner beats every this share of
+#: `SupervisorConfig.stale_window` (a beat may then come as late again before a live
+#: runner looks frozen)...
+HEARTBEAT_SHARE = 0.5
+#: ...and at least once every this many heartbeat checks (a stop shorter than the
+#: window minus a beat is survived: long windows are not spent on rare beats).
+HEARTBEAT_CHECKS = 1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +106,9 @@ class SupervisorConfig:
         default=None,
         metadata={
             "help": "seconds between beats of the runner's heartbeat thread, shorter than "
-            "`heartbeat_check_interval` (default: 4/5 of it: every check sees a new beat, "
-            "and the thread wakes as seldom as that allows)"
+            "`heartbeat_stale_checks` x `heartbeat_check_interval` (default: half of that "
+            "and at most 1.5 check intervals, 0.75 s: a beat may come as late again before "
+            "a live runner could look frozen, and the thread wakes as seldom as that allows)"
         },
     )
     heartbeat_check_interval: float = field(
@@ -294,10 +300,11 @@ class SupervisorConfig:
             raise ValueError("SupervisorConfig.heartbeat_stale_checks must be >= 1")
         if self.probe_failures < 1:
             raise ValueError("SupervisorConfig.probe_failures must be >= 1")
-        if self.beat_interval >= self.heartbeat_check_interval:
+        if self.beat_interval >= self.stale_window:
             raise ValueError(
                 "SupervisorConfig.heartbeat_interval must be shorter than "
-                "heartbeat_check_interval, or every check would look stale"
+                "heartbeat_stale_checks x heartbeat_check_interval, or a live runner "
+                "would look frozen between two beats"
             )
         if self.memory_limit is not None and self.memory_limit <= 0:
             raise ValueError("SupervisorConfig.memory_limit must be > 0 bytes or None")
@@ -331,14 +338,24 @@ class SupervisorConfig:
         fatal_matcher(self.fatal_patterns, self.default_fatal_patterns)
 
     @property
+    def stale_window(self) -> float:
+        """Seconds of stale checks in a row that make a runner frozen (the checks
+        debounce at least 2): a live runner must beat at least once in any such span."""
+        return max(2, self.heartbeat_stale_checks) * self.heartbeat_check_interval
+
+    @property
     def beat_interval(self) -> float:
-        """Seconds between the runner's heartbeats: `heartbeat_interval`, or 4/5 of
-        `heartbeat_check_interval`. Each beat wakes a thread in every runner, so no
-        more often than a check needs: one beat per check interval is what the check
-        reads, and the bound (`freeze_bound`) does not depend on it."""
+        """Seconds between the runner's heartbeats: `heartbeat_interval`, or half of
+        `stale_window` and at most 1.5 check intervals (0.75 s by default). Each beat
+        wakes a thread in every runner, so no more often than that: a beat may then be
+        as late again before a live runner could look frozen, and the bound
+        (`freeze_bound`) does not depend on it. A check in between that sees no new
+        beat is a stale one the debounce absorbs."""
         if self.heartbeat_interval is not None:
             return self.heartbeat_interval
-        return HEARTBEAT_SHARE * self.heartbeat_check_interval
+        return min(
+            HEARTBEAT_SHARE * self.stale_window, HEARTBEAT_CHECKS * self.heartbeat_check_interval
+        )
 
     @property
     def freeze_bound(self) -> float:

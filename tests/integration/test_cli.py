@@ -81,7 +81,7 @@ def _other_value(f: dataclasses.Field[Any]) -> tuple[list[str], Any]:
     if f.name in ("memory_limit", "gpu_memory_limit"):
         return [flag, "2G"], 2 * 2**30
     if f.name == "heartbeat_interval":
-        return [flag, "0.2"], 0.2  # still below the check interval
+        return [flag, "0.2"], 0.2  # below the stale window
     if f.name == "heartbeat_check_interval":
         return [flag, "0.75"], 0.75
     if f.name == "fatal_patterns":

@@ -454,4 +454,4 @@ def test_config_rejects_plain_fork_and_nonsense() -> None:
     with pytest.raises(ValueError, match="decode_timeout"):
         SupervisorConfig(decode_timeout=0)
     with pytest.raises(ValueError, match="heartbeat_interval"):
-        SupervisorConfig(heartbeat_interval=1.0, heartbeat_check_interval=0.5)
+        SupervisorConfig(heartbeat_interval=1.5, heartbeat_check_interval=0.5)
