@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import anyio
 
 from supervisor.core.process import RunnerProcess, anyio_notify_closing
+from supervisor.core.procfs import ProcFile
 
 #: ``task->flags``: the task is in ``do_exit``.
 PF_EXITING = 0x4
@@ -113,23 +114,16 @@ def judge(stat: TaskStat | None, shared_pending: int = 0) -> Dying | None:
 
 
 class StatFile:
-    """``/proc/PID/stat`` of one process, kept open: a reading is one ``pread``."""
+    """``/proc/PID/stat`` of one process, kept open (a `ProcFile`), parsed."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        try:
-            self._fd: int | None = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            self._fd = None
+        self._file = ProcFile(pid, "stat")
 
     def read(self) -> TaskStat | None:
         """None once the process is reaped (the open file then names nobody)."""
-        if self._fd is None:
-            return None
-        try:
-            return parse_stat(os.pread(self._fd, 4096, 0))
-        except OSError:
-            return None
+        data = self._file.read()
+        return None if data is None else parse_stat(data)
 
     def shared_pending(self) -> int:
         """``ShdPnd`` from ``/proc/PID/status`` (read only when the stat is not enough)."""
@@ -140,9 +134,7 @@ class StatFile:
             return 0
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._file.close()
 
 
 class DeathWatch:

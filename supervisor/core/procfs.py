@@ -26,6 +26,47 @@ _STATES = {
 }
 
 
+class ProcFile:
+    """One ``/proc/<pid>/<name>`` file kept open: a reading is one ``pread`` from its
+    start (a few µs where an open/read/close costs about twice that). Once the process
+    is reaped the fd names nobody, so a reused pid is never read through it."""
+
+    __slots__ = ("_fd", "_size", "pid")
+
+    def __init__(self, pid: int, name: str, *, proc: str = "/proc", size: int = 4096) -> None:
+        self.pid = pid
+        self._size = size  # the first read's buffer: the usual file fits in it
+        try:
+            self._fd: int | None = os.open(f"{proc}/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._fd = None
+
+    @property
+    def opened(self) -> bool:
+        return self._fd is not None
+
+    def read(self) -> bytes | None:
+        """The whole file; None if it could not be opened or the process is gone."""
+        fd = self._fd
+        if fd is None:
+            return None
+        try:
+            data = os.pread(fd, self._size, 0)
+            if len(data) < self._size:
+                return data or None
+            chunks = [data]
+            while chunk := os.pread(fd, self._size, sum(map(len, chunks))):
+                chunks.append(chunk)
+        except OSError:  # ESRCH: the process was reaped
+            return None
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class ProcReader:
     """``status``, CPU seconds and RSS of one process; ``None`` once it is gone."""
 
@@ -34,34 +75,23 @@ class ProcReader:
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self._stat: int | None = None
-        self._statm: int | None = None
+        self._stat = ProcFile(pid, "stat", size=1024)
+        self._statm = ProcFile(pid, "statm", size=256)
         self._psutil: psutil.Process | None = None
-        try:
-            self._stat = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-            self._statm = os.open(f"/proc/{pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+        if not (self._stat.opened and self._statm.opened):
             self.close()
             try:
                 self._psutil = psutil.Process(pid)
             except psutil.Error:
                 self._psutil = None
 
-    def stat(self) -> tuple[str, float] | None:
-        """(psutil-style status, user+system CPU seconds)."""
-        read = self.read()
-        return None if read is None else (read[0], read[1])
-
     def read(self) -> tuple[str, float, int] | None:
         """(psutil-style status, user+system CPU seconds, RSS bytes): one ``pread``
         of ``stat``, whose ``rss`` field is the resident count ``statm`` gives."""
-        if self._stat is None:
+        if self._psutil is not None:
             return self._psutil_read()
-        try:
-            data = os.pread(self._stat, 1024, 0)
-        except OSError:  # ESRCH: the process was reaped
-            return None
-        if not data:
+        data = self._stat.read()
+        if data is None:
             return None
         # "pid (comm) S ppid ...": comm may hold spaces and parentheses
         fields = data[data.rindex(b")") + 2 :].split()
@@ -69,24 +99,16 @@ class ProcReader:
         return state, (int(fields[11]) + int(fields[12])) / _CLK_TCK, int(fields[21]) * _PAGE
 
     def rss(self) -> int | None:
-        if self._statm is None:
-            if self._psutil is None:
-                return None
+        if self._psutil is not None:
             try:
                 return int(self._psutil.memory_info().rss)
             except psutil.Error:
                 return None
-        try:
-            data = os.pread(self._statm, 256, 0)
-        except OSError:
-            return None
-        if not data:
-            return None
-        return int(data.split()[1]) * _PAGE
+        data = self._statm.read()
+        return None if data is None else int(data.split()[1]) * _PAGE
 
     def _psutil_read(self) -> tuple[str, float, int] | None:
-        if self._psutil is None:
-            return None
+        assert self._psutil is not None
         try:
             with self._psutil.oneshot():
                 cpu = self._psutil.cpu_times()
@@ -96,10 +118,8 @@ class ProcReader:
             return None
 
     def close(self) -> None:
-        for fd in (self._stat, self._statm):
-            if fd is not None:
-                os.close(fd)
-        self._stat = self._statm = None
+        self._stat.close()
+        self._statm.close()
 
 
 def uss(pid: int, proc: str = "/proc") -> int | None:

@@ -462,10 +462,8 @@ class RankSupervisor:
             self._oom.note(pid)
             return False
 
-        try:
-            await ticker.every(
-                self.config.poll_interval, note
-            )  # with the polls: no timer of its own
+        try:  # with the polls: no timer of its own
+            await ticker.every(self.config.poll_interval, note)
         finally:
             self._oom.close()
 

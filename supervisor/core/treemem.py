@@ -73,9 +73,6 @@ class TreeReader:
             self._due = 0.0
         return self._reader
 
-    def stat(self) -> tuple[str, float] | None:
-        return self._current().stat()
-
     def read(self) -> tuple[str, float, int] | None:
         """(status, CPU seconds) of the runner and the tree's memory, in one reading
         of the runner; None once it is gone."""

@@ -233,14 +233,6 @@ class FakeReader:
     def __init__(self, readings: list[tuple[str, float, int] | None]) -> None:
         self.readings = readings
 
-    def stat(self) -> tuple[str, float] | None:
-        r = self.readings[0]
-        return None if r is None else (r[0], r[1])
-
-    def rss(self) -> int | None:
-        r = self.readings.pop(0)
-        return None if r is None else r[2]
-
     def read(self) -> tuple[str, float, int] | None:
         return self.readings.pop(0)
 

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from supervisor.core.evidence import OomWitness, kmsg, memcg
+from supervisor.core.procfs import ProcFile
 
 V1_CGROUP = "9:name=systemd:/\n4:memory:/jobs/a\n3:cpuset:/\n0::/\n"
 V2_CGROUP = "0::/jobs/b\n"
@@ -148,12 +149,12 @@ def test_the_kernel_log_is_read_from_its_start_on_only(tmp_path: Path) -> None:
 
 def test_the_kept_open_cgroup_file_reads_like_a_fresh_open_until_the_process_is_gone() -> None:
     child = subprocess.Popen(["sleep", "30"])
-    file = memcg.ProcCgroupFile(child.pid)
+    file = ProcFile(child.pid, "cgroup")
     try:
-        first = file.read()
+        first = memcg.decode_cgroup(file.read())
         assert first is not None
         assert first == memcg.proc_cgroup(child.pid)
-        assert file.read() == first  # read again from the start, not where the last ended
+        assert file.read() == first.encode()  # read again from the start, not where it ended
     finally:
         child.kill()
         child.wait()
@@ -161,4 +162,16 @@ def test_the_kept_open_cgroup_file_reads_like_a_fresh_open_until_the_process_is_
     file.close()
     file.close()
     assert file.read() is None
-    assert memcg.ProcCgroupFile(2**22 + 12345).read() is None  # never there
+    assert ProcFile(2**22 + 12345, "cgroup").read() is None  # never there
+
+
+def test_a_proc_file_longer_than_its_first_read_is_read_whole() -> None:
+    small = ProcFile(os.getpid(), "status", size=16)
+    try:
+        data = small.read()
+        assert data is not None
+        with open(f"/proc/{os.getpid()}/status", "rb") as f:
+            assert data.split(b"\n")[0] == f.read().split(b"\n")[0]
+        assert len(data) > 16
+    finally:
+        small.close()

@@ -27,12 +27,8 @@ class Readings(Protocol):
     @property
     def descendant_count(self) -> int: ...
 
-    def stat(self) -> tuple[str, float] | None: ...
-
-    def rss(self) -> int | None: ...
-
     def read(self) -> tuple[str, float, int] | None:
-        """``stat`` and ``rss`` in one reading."""
+        """(status, CPU seconds, RSS bytes) in one reading; None once it is gone."""
         ...
 
 

@@ -11,11 +11,11 @@ Parsing takes the text, and the readers a /proc root, so fake trees test them.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor.core.cgroups import cgroup2_mount, host_dir, unified_path
+from supervisor.core.procfs import ProcFile
 
 PROC = "/proc"
 
@@ -94,64 +94,18 @@ def mount_table(proc: str = PROC) -> str:
 
 
 def proc_cgroup(pid: int, proc: str = PROC) -> str | None:
-    """``/proc/<pid>/cgroup``; None once the process is gone."""
+    """``/proc/<pid>/cgroup``; None once the process is gone (a watcher that reads it
+    at every poll keeps a `procfs.ProcFile` open instead: see `decode_cgroup`)."""
+    file = ProcFile(pid, "cgroup", proc=proc)
     try:
-        fd = os.open(f"{proc}/{pid}/cgroup", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        return _read_all(fd)
+        return decode_cgroup(file.read())
     finally:
-        os.close(fd)
+        file.close()
 
 
-def _read_all(fd: int) -> str | None:
-    try:
-        chunks = []
-        offset = 0
-        while chunk := os.pread(fd, _CHUNK, offset):
-            chunks.append(chunk)
-            offset += len(chunk)
-    except OSError:
-        return None
-    return b"".join(chunks).decode("utf-8", "replace")
-
-
-_CHUNK = 65536
-
-
-class ProcCgroupFile:
-    """``/proc/<pid>/cgroup`` of one process, kept open: read at every poll of every
-    runner (the OOM witness's note), one ``pread`` costs about 5 us where an
-    open/read/close costs 11 (and a buffered file object 17)."""
-
-    __slots__ = ("_fd", "pid")
-
-    def __init__(self, pid: int, proc: str = PROC) -> None:
-        self.pid = pid
-        try:
-            self._fd: int | None = os.open(f"{proc}/{pid}/cgroup", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            self._fd = None
-
-    def read(self) -> str | None:
-        """The file's text; None once the process is gone (the fd keeps naming it:
-        its pid reused by another process is never read here)."""
-        fd = self._fd
-        if fd is None:
-            return None
-        try:
-            first = os.pread(fd, _CHUNK, 0)
-        except OSError:
-            return None
-        if len(first) < _CHUNK:  # the usual case: the whole file in one read
-            return first.decode("utf-8", "replace") if first else None
-        return _read_all(fd)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+def decode_cgroup(data: bytes | None) -> str | None:
+    """The text of a ``/proc/<pid>/cgroup`` reading (None stays None)."""
+    return None if data is None else data.decode("utf-8", "replace")
 
 
 def cgroup_of(pid: int, proc: str = PROC) -> MemoryCgroup | None:
@@ -188,7 +142,7 @@ def system_oom_kills(proc: str = PROC) -> int | None:
 
 __all__ = [
     "MemoryCgroup",
-    "ProcCgroupFile",
+    "decode_cgroup",
     "cgroup_of",
     "is_exiting",
     "memory_cgroup",

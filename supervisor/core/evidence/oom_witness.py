@@ -20,6 +20,7 @@ from pathlib import Path
 import anyio
 
 from supervisor.core.evidence import kmsg, memcg
+from supervisor.core.procfs import ProcFile
 
 #: Kernel log lines are kept from this long before the witness was made (clock skew).
 _SLACK_S = 1.0
@@ -72,7 +73,7 @@ class OomWitness:
         self._system_base = memcg.system_oom_kills(proc)
         self._mounts: str | None = None
         self._seen: str | None = None  # the /proc/PID/cgroup text last taken
-        self._file: memcg.ProcCgroupFile | None = None  # that file, kept open
+        self._file: ProcFile | None = None  # that file, kept open
         self._cgroup: memcg.MemoryCgroup | None = None
         self._cgroup_base: int | None = None
 
@@ -91,8 +92,8 @@ class OomWitness:
         if file is None or file.pid != pid:
             if file is not None:
                 file.close()
-            file = self._file = memcg.ProcCgroupFile(pid, self._proc)
-        text = file.read()
+            file = self._file = ProcFile(pid, "cgroup", proc=self._proc)
+        text = memcg.decode_cgroup(file.read())
         if text is None or text == self._seen:
             return  # gone, or where it was: the usual case, one small read
         if self._mounts is None:  # long, and cgroup mounts do not move under a host
