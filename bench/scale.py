@@ -82,7 +82,9 @@ def _ticks_cpu(pids: list[int]) -> float:
 def _sched_cpu(pids: list[int]) -> float | None:
     """CPU seconds of every thread of ``pids`` from ``/proc/PID/task/TID/schedstat``
     (nanoseconds of run time, the clock ``CLOCK_PROCESS_CPUTIME_ID`` reads); None where
-    the kernel has no schedstat."""
+    the kernel has no schedstat. A thread or process gone meanwhile is left out."""
+    if not os.path.exists("/proc/self/schedstat"):
+        return None
     total = 0
     for pid in pids:
         try:
@@ -94,7 +96,7 @@ def _sched_cpu(pids: list[int]) -> float | None:
                 with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
                     total += int(f.read().split()[0])
             except (OSError, ValueError, IndexError):
-                return None
+                continue
     return total / 1e9
 
 
